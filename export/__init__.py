@@ -1,0 +1,1 @@
+"""Optimized inference engines (ONNX, TensorRT, compiled PyTorch) for the reconstruction models."""

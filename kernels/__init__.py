@@ -1,0 +1,1 @@
+"""Rasterization: Gaussians + views -> pixels, and the colour conversions the encoder needs."""

@@ -1,0 +1,1 @@
+"""The WebRTC server: sessions, the pose protocol, encoders and the web client."""
