@@ -1,0 +1,68 @@
+"""Views of an avatar -> encoder-ready I420 video frames, on whichever rasterizer this machine has.
+
+Stereo views are laid side by side (left, right) in one frame, as the pose protocol promises.
+On a CUDA machine with the splatcast kernels built, the GPU writes I420 planes directly; on the
+CPU the reference renderer draws RGB and libswscale converts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import av
+import torch
+
+from ..engine.gaussians import GaussianCloud
+from ..kernels import reference
+from ..kernels.cameras import Views
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RenderedFrame:
+    frame: av.VideoFrame
+    render_ms: float
+    convert_ms: float
+
+
+def side_by_side(images: torch.Tensor) -> torch.Tensor:
+    """(V, H, W, C) -> (H, V * W, C): view 0 on the left."""
+    v, h, w, c = images.shape
+    return images.permute(1, 0, 2, 3).reshape(h, v * w, c)
+
+
+class FrameRenderer:
+    """Renders one avatar. ``render(views)`` is the per-frame hot path: nothing else runs per frame."""
+
+    def __init__(self, cloud: GaussianCloud, background: tuple[float, float, float] = (0.0, 0.0, 0.0), device: str | None = None) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.background = background
+        self.cloud = cloud.to(self.device)
+        self._cuda = None
+        if self.device.type == "cuda":
+            try:
+                from ..kernels.cuda_rasterizer import CudaRasterizer
+
+                self._cuda = CudaRasterizer(capacity=len(cloud))
+                logger.info("rasterizer: splatcast CUDA kernels on %s", torch.cuda.get_device_name(self.device))
+            except (ImportError, RuntimeError) as error:
+                logger.warning("rasterizer: CUDA kernels unavailable (%s); using the PyTorch reference on the GPU", error)
+        else:
+            logger.info("rasterizer: PyTorch reference on the CPU")
+
+    def render(self, views: Views) -> RenderedFrame:
+        start = time.perf_counter()
+        if self._cuda is not None:
+            y, u, v = self._cuda.render_i420(self.cloud, views, self.background)
+            rendered = time.perf_counter()
+            frame = av.VideoFrame.from_ndarray(
+                torch.cat([y.flatten(), u.flatten(), v.flatten()]).numpy().reshape(-1, y.shape[1]), format="yuv420p"
+            )
+            return RenderedFrame(frame, 1e3 * (rendered - start), 1e3 * (time.perf_counter() - rendered))
+        rgb = reference.to_uint8(side_by_side(reference.render(self.cloud, views, self.background)))
+        rendered = time.perf_counter()
+        frame = av.VideoFrame.from_ndarray(rgb.cpu().numpy(), format="rgb24").reformat(format="yuv420p")
+        return RenderedFrame(frame, 1e3 * (rendered - start), 1e3 * (time.perf_counter() - rendered))

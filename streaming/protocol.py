@@ -1,0 +1,143 @@
+"""Pose protocol v1: what clients send on the ``pose`` data channel, and what comes back.
+
+Client -> server (JSON text)::
+
+    {"v": 1, "type": "pose", "seq": 17, "t": 12345.6, "width": 1280, "height": 720,
+     "views": [{"matrix": [16 numbers], "projection": [16 numbers]}, ...]}
+
+``matrix`` is camera-to-world and ``projection`` an OpenGL projection, both column-major, exactly
+as WebXR gives them (``XRView.transform.matrix``, ``XRView.projectionMatrix``). ``width`` and
+``height`` are the size wanted per view. One view is mono; two are a stereo pair rendered side by
+side (left, right) in one video frame.
+
+Server -> client, one per video frame::
+
+    {"type": "frame", "seq": 17, "t": 12345.6, "pts": 48000, "render_ms": 3.1, "convert_ms": 0.4, "encode_ms": 2.2}
+
+naming the pose ``seq`` that frame shows, echoing the client's ``t``, and giving the frame's media
+timestamp ``pts`` (90 kHz ticks since the stream's first frame, i.e. the RTP timestamp less its
+random origin), so a receiver can pair each decoded frame with its pose.
+
+The channel is unordered and lossy, so messages may arrive out of order: anything not newer than
+the newest pose seen is stale and dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..kernels.cameras import Views, intrinsics_from_projection, invert_rigid, matrix_from_column_major, opengl_to_opencv
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 4096
+"""A stereo pose is about 1.5 KB of JSON; anything much larger is not a pose."""
+
+
+class PoseError(ValueError):
+    """A pose message that cannot be used; the session drops it, counts it and streams on."""
+
+
+@dataclass(frozen=True)
+class SizeLimits:
+    """Per-view render size bounds, in pixels. Requests are scaled down (keeping aspect) to fit."""
+
+    max_width: int = 1920
+    max_height: int = 1080
+    min_size: int = 16
+
+    def clamp(self, width: int, height: int) -> tuple[int, int]:
+        """Fit (width, height) inside the limits, keeping aspect ratio, rounded to even pixels
+        (4:2:0 chroma needs even sizes)."""
+        scale = min(1.0, self.max_width / width, self.max_height / height)
+        w = max(self.min_size, int(width * scale) // 2 * 2)
+        h = max(self.min_size, int(height * scale) // 2 * 2)
+        return min(w, self.max_width // 2 * 2), min(h, self.max_height // 2 * 2)
+
+
+@dataclass(frozen=True)
+class PoseRequest:
+    """A validated pose: OpenGL camera-to-world and projection matrices (row-major) per view."""
+
+    seq: int
+    client_time: float
+    width: int
+    height: int
+    camera_to_world: torch.Tensor  # (V, 4, 4), OpenGL camera axes
+    projection: torch.Tensor  # (V, 4, 4)
+
+    @property
+    def num_views(self) -> int:
+        return self.camera_to_world.shape[0]
+
+    def views(self) -> Views:
+        """The OpenCV views the rasterizer takes, one per eye, at the requested per-view size."""
+        world_to_camera = invert_rigid(opengl_to_opencv(self.camera_to_world))
+        intrinsics = intrinsics_from_projection(self.projection, self.width, self.height)
+        return Views(world_to_camera, intrinsics, self.width, self.height)
+
+
+def _number(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise PoseError(f"{name} must be a finite number")
+    return float(value)
+
+
+def _matrix(values: object, name: str) -> torch.Tensor:
+    if not isinstance(values, list) or len(values) != 16:
+        raise PoseError(f"{name} must be a list of 16 numbers")
+    return matrix_from_column_major([_number(v, name) for v in values])
+
+
+def _rigid(matrix: torch.Tensor, name: str) -> None:
+    rotation = matrix[:3, :3]
+    if (rotation @ rotation.T - torch.eye(3)).abs().max() > 1e-3 or (matrix[3] - torch.tensor([0.0, 0, 0, 1])).abs().max() > 1e-6:
+        raise PoseError(f"{name} is not a rigid camera-to-world transform")
+
+
+def parse_pose(message: str | bytes, limits: SizeLimits) -> PoseRequest:
+    """Validate one pose message; raise ``PoseError`` saying what is wrong."""
+    if len(message) > MAX_MESSAGE_BYTES:
+        raise PoseError(f"message of {len(message)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        data = json.loads(message)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise PoseError(f"not JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise PoseError("message must be a JSON object")
+    if data.get("v") != PROTOCOL_VERSION:
+        raise PoseError(f"unsupported protocol version {data.get('v')!r}, expected {PROTOCOL_VERSION}")
+    if data.get("type") != "pose":
+        raise PoseError(f"unknown message type {data.get('type')!r}")
+    seq = data.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise PoseError("seq must be a non-negative integer")
+    client_time = _number(data.get("t", 0.0), "t")
+    width, height = (_number(data.get(key), key) for key in ("width", "height"))
+    if width < 1 or height < 1:
+        raise PoseError("width and height must be at least 1")
+    views = data.get("views")
+    if not isinstance(views, list) or len(views) not in (1, 2):
+        raise PoseError("views must list one (mono) or two (stereo) views")
+    matrices, projections = [], []
+    for i, view in enumerate(views):
+        if not isinstance(view, dict):
+            raise PoseError(f"views[{i}] must be an object")
+        matrix = _matrix(view.get("matrix"), f"views[{i}].matrix")
+        _rigid(matrix, f"views[{i}].matrix")
+        projection = _matrix(view.get("projection"), f"views[{i}].projection")
+        if projection[0, 0] <= 0 or projection[1, 1] <= 0 or projection[3, 2] != -1:
+            raise PoseError(f"views[{i}].projection is not an OpenGL perspective projection")
+        matrices.append(matrix)
+        projections.append(projection)
+    w, h = limits.clamp(int(width), int(height))
+    return PoseRequest(seq, client_time, w, h, torch.stack(matrices), torch.stack(projections))
+
+
+def frame_message(seq: int, client_time: float, pts: int, timings_ms: dict[str, float]) -> str:
+    """The message that tells a client which pose a video frame shows."""
+    timings = {k: round(v, 3) for k, v in timings_ms.items()}
+    return json.dumps({"type": "frame", "seq": seq, "t": client_time, "pts": pts, **timings})

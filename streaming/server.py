@@ -1,0 +1,200 @@
+"""The HTTP + WebRTC front door: web client, ``POST /offer``, ``GET /scene``, ``GET /healthz``.
+
+One aiohttp application holds the avatars, the sessions and one render executor. Rendering and
+encoding run on that executor so the event loop stays free for RTP, RTCP and pose messages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+
+import torch
+from aiohttp import web
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.sdp import SessionDescription
+
+from ..engine.gaussians import GaussianCloud
+from ..kernels.cameras import intrinsics_from_fov, invert_rigid, look_at
+from ..kernels.cameras import Views
+from .frames import FrameRenderer
+from .protocol import SizeLimits
+from .session import Session, SessionLimitError, SessionManager
+from .track import AvatarTrack
+
+logger = logging.getLogger(__name__)
+
+MAX_SDP_BYTES = 64 * 1024
+SERVER_KEY = web.AppKey("server", "StreamingServer")
+DEFAULT_FOV_DEG = 40.0
+"""Vertical field of view of the view streamed before a client's first pose."""
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    fps: int = 60
+    width: int = 640
+    height: int = 480
+    max_width: int = 1920
+    max_height: int = 1080
+    max_sessions: int = 8
+    idle_timeout: float = 30.0
+    bitrate: int = 4_000_000
+    background: tuple[float, float, float] = (0.08, 0.08, 0.1)
+    ice_servers: list[str] = field(default_factory=list)
+    """STUN/TURN URLs. Empty by default: aiortc would otherwise ask a public STUN server."""
+
+
+@dataclass(frozen=True)
+class Avatar:
+    """A servable avatar: its Gaussians on the render device and its default orbit."""
+
+    id: str
+    renderer: FrameRenderer
+    centre: tuple[float, float, float]
+    radius: float
+
+    @classmethod
+    def from_cloud(cls, avatar_id: str, cloud: GaussianCloud, background: tuple[float, float, float]) -> Avatar:
+        lo, hi = cloud.bounds()
+        centre = ((lo + hi) / 2).tolist()
+        half_height = max(float((hi - lo).max()) / 2, 0.1)
+        # Far enough that the whole avatar fits the default field of view, with a margin.
+        radius = 1.2 * half_height / math.tan(math.radians(DEFAULT_FOV_DEG) / 2) + float((hi - lo)[2]) / 2
+        return cls(avatar_id, FrameRenderer(cloud, background), tuple(centre), radius)
+
+    def default_views(self, width: int, height: int) -> Views:
+        eye = torch.tensor(self.centre) + torch.tensor([0.0, 0.0, self.radius])
+        camera_to_world = look_at(eye, torch.tensor(self.centre))
+        return Views(invert_rigid(camera_to_world)[None], intrinsics_from_fov(DEFAULT_FOV_DEG, width, height)[None], width, height)
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def negotiated_video_codec(sdp: str) -> str | None:
+    """The mime type of the first video codec of an answer: the one its sender will use."""
+    for media in SessionDescription.parse(sdp).media:
+        if media.kind == "video" and media.rtp.codecs:
+            return media.rtp.codecs[0].mimeType
+    return None
+
+
+def preferred_video_codecs():
+    """H.264 first (hardware decoders everywhere, NVENC where the server has it), VP8 as fallback."""
+    codecs = RTCRtpSender.getCapabilities("video").codecs
+    rank = {"video/h264": 0, "video/vp8": 1, "video/rtx": 2}
+    return sorted((c for c in codecs if c.mimeType.lower() in rank), key=lambda c: rank[c.mimeType.lower()])
+
+
+class StreamingServer:
+    def __init__(self, avatars: dict[str, GaussianCloud], config: ServerConfig, default_avatar: str | None = None) -> None:
+        if not avatars:
+            raise ValueError("the server needs at least one avatar")
+        self.config = config
+        self.limits = SizeLimits(config.max_width, config.max_height)
+        self.avatars = {aid: Avatar.from_cloud(aid, cloud, config.background) for aid, cloud in avatars.items()}
+        for avatar in self.avatars.values():
+            # Compile and cache now, not on some viewer's first frame.
+            avatar.renderer.render(avatar.default_views(config.width, config.height))
+        self.default_avatar = default_avatar or next(iter(self.avatars))
+        self.sessions = SessionManager(config.max_sessions, config.idle_timeout)
+        # One render thread: on the CPU the renderer already uses every core through torch.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="splatcast-render")
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_SDP_BYTES * 2)
+        web_root = resources.files("splatcast.streaming") / "web"
+        async def serve_index(_request: web.Request) -> web.FileResponse:
+            return web.FileResponse(str(web_root / "index.html"))
+
+        app.router.add_get("/", serve_index)
+        app.router.add_static("/static/", str(web_root))
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/scene", self.scene)
+        app.router.add_post("/offer", self.offer)
+        app.on_shutdown.append(self._shutdown)
+        app[SERVER_KEY] = self
+        return app
+
+    async def _shutdown(self, _app: web.Application) -> None:
+        await self.sessions.close_all()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def _avatar(self, avatar_id: str | None) -> Avatar:
+        avatar = self.avatars.get(avatar_id or self.default_avatar)
+        if avatar is None:
+            raise web.HTTPNotFound(text=json.dumps({"error": f"unknown avatar {avatar_id!r}"}), content_type="application/json")
+        return avatar
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "sessions": len(self.sessions), "max_sessions": self.config.max_sessions})
+
+    async def scene(self, request: web.Request) -> web.Response:
+        avatar = self._avatar(request.query.get("avatar"))
+        c = self.config
+        return web.json_response(
+            {"avatar": avatar.id, "centre": avatar.centre, "radius": avatar.radius, "width": c.width, "height": c.height, "fps": c.fps}
+        )
+
+    async def offer(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            return error_response(400, "body must be JSON: {\"sdp\": ..., \"type\": \"offer\"}")
+        if not isinstance(body, dict) or not isinstance(body.get("sdp"), str) or body.get("type") != "offer":
+            return error_response(400, "body must be {\"sdp\": <string>, \"type\": \"offer\"}")
+        if len(body["sdp"]) > MAX_SDP_BYTES:
+            return error_response(413, f"SDP larger than {MAX_SDP_BYTES} bytes")
+        avatar_id = body.get("avatar")
+        if avatar_id is not None and not isinstance(avatar_id, str):
+            return error_response(400, "avatar must be a string id")
+        avatar = self._avatar(avatar_id)
+        try:
+            self.sessions.reserve()
+        except SessionLimitError as error:
+            return error_response(503, str(error))
+
+        ice = [RTCIceServer(url) for url in self.config.ice_servers]
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
+        track = AvatarTrack(
+            avatar.renderer,
+            avatar.default_views(self.config.width, self.config.height),
+            self.executor,
+            fps=self.config.fps,
+            bitrate=self.config.bitrate,
+        )
+        transceiver = pc.addTransceiver(track, direction="sendonly")
+        transceiver.setCodecPreferences(preferred_video_codecs())
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="offer"))
+            answer = await pc.createAnswer()
+            track.codec_mime = negotiated_video_codec(answer.sdp)
+            if track.codec_mime is None:
+                raise ValueError("the offer has no video m-line that can receive H.264 or VP8")
+            await pc.setLocalDescription(answer)
+        except Exception as error:  # aiortc reports malformed SDP with assorted exception types
+            await pc.close()
+            return error_response(400, f"bad SDP offer: {error}")
+
+        session = Session(pc, track, avatar.id, self.limits)
+        track.on_frame = session.on_frame
+        pc.on("datachannel", lambda channel: session.attach_channel(channel) if channel.label == "pose" else None)
+        try:
+            self.sessions.add(session)
+        except SessionLimitError as error:  # another offer took the last slot meanwhile
+            await pc.close()
+            return error_response(503, str(error))
+        logger.info("session %s: avatar %s, codec %s", session.id, avatar.id, track.codec_mime)
+        return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session": session.id})
+
+
+def create_app(avatars: dict[str, GaussianCloud], config: ServerConfig | None = None, default_avatar: str | None = None) -> web.Application:
+    return StreamingServer(avatars, config or ServerConfig(), default_avatar).app()

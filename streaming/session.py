@@ -1,0 +1,111 @@
+"""Streaming sessions: one peer connection each, a bounded number, none left behind.
+
+A session ends when its peer closes or fails ICE, when it has been idle (no pose message and no
+connection change) for ``idle_timeout`` seconds, or when the server shuts down; ending it closes
+the peer connection and the track, and forgets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from aiortc import RTCDataChannel, RTCPeerConnection
+
+from .protocol import PoseError, PoseRequest, SizeLimits, frame_message, parse_pose
+from .track import AvatarTrack
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Session:
+    pc: RTCPeerConnection
+    track: AvatarTrack
+    avatar_id: str
+    limits: SizeLimits
+    id: str = field(default_factory=lambda: secrets.token_urlsafe(9))
+    last_activity: float = field(default_factory=time.monotonic)
+    channel: RTCDataChannel | None = None
+    bad_poses: int = 0
+    stale_poses: int = 0
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
+
+    def attach_channel(self, channel: RTCDataChannel) -> None:
+        """Take poses from ``channel`` and report each frame's pose on it."""
+        self.channel = channel
+        channel.on("message", self.on_pose_message)
+
+    def on_pose_message(self, message: str | bytes) -> None:
+        self.touch()
+        try:
+            pose = parse_pose(message, self.limits)
+        except PoseError as error:
+            self.bad_poses += 1
+            logger.debug("session %s: dropped pose message (%s)", self.id, error)
+            return
+        if not self.track.update_pose(pose):
+            self.stale_poses += 1
+
+    def on_frame(self, pose: PoseRequest, pts: int, timings: dict[str, float]) -> None:
+        if self.channel is not None and self.channel.readyState == "open":
+            self.channel.send(frame_message(pose.seq, pose.client_time, pts, timings))
+
+
+class SessionLimitError(RuntimeError):
+    """The server already streams to as many sessions as it is configured for."""
+
+
+class SessionManager:
+    def __init__(self, max_sessions: int, idle_timeout: float) -> None:
+        self.max_sessions = max_sessions
+        self.idle_timeout = idle_timeout
+        self.sessions: dict[str, Session] = {}
+        self._reaper: asyncio.Task | None = None
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def reserve(self) -> None:
+        """Raise ``SessionLimitError`` if no session can be added."""
+        if len(self.sessions) >= self.max_sessions:
+            raise SessionLimitError(f"server is at its limit of {self.max_sessions} sessions; try again later")
+
+    def add(self, session: Session) -> None:
+        self.reserve()
+        self.sessions[session.id] = session
+
+        @session.pc.on("connectionstatechange")
+        async def on_state_change() -> None:
+            session.touch()
+            if session.pc.connectionState in ("failed", "closed"):
+                await self.close(session.id, f"connection {session.pc.connectionState}")
+
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.create_task(self._reap_idle())
+
+    async def close(self, session_id: str, reason: str) -> None:
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return
+        logger.info("session %s closed: %s (bad poses %d)", session_id, reason, session.bad_poses)
+        session.track.stop()
+        await session.pc.close()
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(self.close(sid, "server shutting down") for sid in list(self.sessions)))
+        if self._reaper is not None:
+            self._reaper.cancel()
+
+    async def _reap_idle(self) -> None:
+        while self.sessions:
+            await asyncio.sleep(min(1.0, self.idle_timeout / 4))
+            now = time.monotonic()
+            for session in list(self.sessions.values()):
+                if now - session.last_activity > self.idle_timeout:
+                    await self.close(session.id, f"idle for {self.idle_timeout:g} s")

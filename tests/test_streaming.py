@@ -1,0 +1,175 @@
+"""The whole path over loopback: a real aiortc viewer, the real server, decoded frames checked
+against offline renders of the poses they name."""
+
+import asyncio
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from aiohttp.test_utils import TestServer
+
+from splatcast.engine.gaussians import GaussianCloud, rgb_to_sh0
+from splatcast.kernels import reference
+from splatcast.streaming.protocol import SizeLimits, parse_pose
+from splatcast.streaming.server import SERVER_KEY, ServerConfig, create_app
+
+from .streaming_client import Viewer, pose_message
+
+WIDTH, HEIGHT = 160, 120
+
+
+def figure_cloud(n: int = 3000, seed: int = 0) -> GaussianCloud:
+    """A small standing figure: a coloured ellipsoid body and a head, asymmetric so turns show."""
+    g = torch.Generator().manual_seed(seed)
+    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
+    body = d[: n * 3 // 4] * torch.tensor([0.25, 0.6, 0.15]) + torch.tensor([0.0, 0.6, 0.0])
+    head = d[n * 3 // 4 :] * 0.12 + torch.tensor([0.0, 1.35, 0.0])
+    means = torch.cat([body, head])
+    rgb = torch.stack([(means[:, 0] > 0).float() * 0.8 + 0.1, (means[:, 2] > 0).float() * 0.7 + 0.2, means[:, 1] / 1.5], 1)
+    return GaussianCloud(
+        means,
+        torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=-1),
+        torch.full((n, 3), 0.03),
+        torch.full((n,), 0.9),
+        rgb_to_sh0(rgb.clamp(0, 1))[:, None],
+    )
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 10 * math.log10(255**2 / max(mse, 1e-12))
+
+
+@pytest.fixture
+async def server():
+    config = ServerConfig(fps=30, width=WIDTH, height=HEIGHT, max_sessions=2, idle_timeout=5.0, bitrate=2_000_000)
+    app = create_app({"figure": figure_cloud()}, config)
+    async with TestServer(app, host="127.0.0.1") as test_server:
+        yield test_server
+
+
+def base_url(test_server) -> str:
+    return str(test_server.make_url("")).rstrip("/")
+
+
+async def wait_for(predicate, timeout: float) -> bool:
+    for _ in range(int(timeout / 0.1)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.1)
+    return predicate()
+
+
+async def test_viewer_sees_each_pose_rendered_and_session_ends_on_close(server):
+    srv = server.app[SERVER_KEY]
+    viewer = Viewer()
+    await viewer.connect(base_url(server))
+    assert len(srv.sessions) == 1
+    avatar = srv.avatars["figure"]
+    decoded = []
+    for seq, azimuth in [(1, 0.0), (2, 120.0)]:
+        message = pose_message(seq, azimuth, WIDTH, HEIGHT, avatar.radius, avatar.centre)
+        viewer.channel.send(message)
+        frame, info = await viewer.frame_for(seq)
+        # Let the encoder refine a static view for a few frames, then compare like for like.
+        for _ in range(5):
+            viewer.channel.send(message)
+        frame, info = await viewer.frame_for(seq)
+        got = frame.to_ndarray(format="rgb24")
+        pose = parse_pose(message, SizeLimits())
+        offline = reference.to_uint8(reference.render(figure_cloud(), pose.views(), ServerConfig().background))[0].numpy()
+        assert got.shape == (HEIGHT, WIDTH, 3)
+        assert psnr(got, offline) >= 30.0, f"pose {seq}: PSNR {psnr(got, offline):.1f} dB"
+        assert info["render_ms"] > 0 and info["encode_ms"] > 0
+        decoded.append(got)
+    assert psnr(decoded[0], decoded[1]) < 25.0, "the two poses should look different"
+    await viewer.close()
+    assert await wait_for(lambda: len(srv.sessions) == 0, 10.0), "session still held after the viewer closed"
+
+
+async def test_bad_pose_messages_are_counted_and_streaming_continues(server):
+    srv = server.app[SERVER_KEY]
+    viewer = Viewer()
+    await viewer.connect(base_url(server))
+    avatar = srv.avatars["figure"]
+    good = json.loads(pose_message(1, 30.0, WIDTH, HEIGHT, avatar.radius, avatar.centre))
+    nan_pose = dict(good, seq=2, views=[{"matrix": [float("nan")] * 16, "projection": good["views"][0]["projection"]}])
+    bad = [
+        "not json",
+        json.dumps({"v": 2, "type": "pose"}),
+        json.dumps(nan_pose),
+        json.dumps(dict(good, seq=3, views=[])),
+        json.dumps(dict(good, seq=4, width="wide")),
+        "x" * 10_000,
+        json.dumps(dict(good, seq=5, views=[{"matrix": [2.0] * 16, "projection": good["views"][0]["projection"]}])),
+    ]
+    for message in bad:
+        viewer.channel.send(message)
+    viewer.channel.send(json.dumps(dict(good, seq=6)))
+    frame, _ = await viewer.frame_for(6)
+    assert frame.width == WIDTH
+    session = next(iter(srv.sessions.sessions.values()))
+    assert session.bad_poses == len(bad)
+    await viewer.close()
+
+
+async def test_stereo_pose_streams_side_by_side(server):
+    srv = server.app[SERVER_KEY]
+    viewer = Viewer()
+    await viewer.connect(base_url(server))
+    avatar = srv.avatars["figure"]
+    viewer.channel.send(pose_message(1, 10.0, WIDTH, HEIGHT, avatar.radius, avatar.centre, views=2))
+    frame, _ = await viewer.frame_for(1)
+    assert (frame.width, frame.height) == (2 * WIDTH, HEIGHT)
+    await viewer.close()
+
+
+async def test_http_errors(server):
+    import aiohttp
+
+    url = base_url(server)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/offer", data="{nope") as r:
+            assert r.status == 400 and "JSON" in (await r.json())["error"]
+        async with http.post(f"{url}/offer", json={"sdp": "v=0\r\nthis is not sdp", "type": "offer"}) as r:
+            assert r.status == 400 and "SDP" in (await r.json())["error"]
+        async with http.post(f"{url}/offer", json={"sdp": 5, "type": "offer"}) as r:
+            assert r.status == 400
+        viewer = Viewer()
+        with pytest.raises(RuntimeError, match="404"):
+            await viewer.connect(url, avatar="nobody")
+        await viewer.close()
+        async with http.get(f"{url}/healthz") as r:
+            assert (await r.json()) == {"status": "ok", "sessions": 0, "max_sessions": 2}
+        async with http.get(f"{url}/scene") as r:
+            scene = await r.json()
+            assert scene["avatar"] == "figure" and scene["radius"] > 0
+
+
+async def test_session_limit_answers_503_and_frees_up(server):
+    srv = server.app[SERVER_KEY]
+    viewers = [Viewer(), Viewer()]
+    for v in viewers:
+        await v.connect(base_url(server))
+    extra = Viewer()
+    with pytest.raises(RuntimeError, match="503.*limit"):
+        await extra.connect(base_url(server))
+    await extra.close()
+    await viewers[0].close()
+    assert await wait_for(lambda: len(srv.sessions) == 1, 10.0)
+    again = Viewer()
+    await again.connect(base_url(server))
+    for v in (viewers[1], again):
+        await v.close()
+
+
+async def test_vanished_viewer_is_reaped_after_idle_timeout(server):
+    srv = server.app[SERVER_KEY]
+    viewer = Viewer()
+    await viewer.connect(base_url(server))
+    # Vanish without closing: stop answering (no pose, no ICE) by tearing down the transport only.
+    await viewer.pc.getTransceivers()[0].receiver.transport.transport.stop()
+    assert await wait_for(lambda: len(srv.sessions) == 0, srv.config.idle_timeout + 8)
+    await viewer.close()
