@@ -158,3 +158,11 @@ def orbit_camera(
 def single_view(camera_to_world: torch.Tensor, intrinsics: torch.Tensor, width: int, height: int) -> Views:
     """A batch of one view from an OpenCV camera-to-world pose."""
     return Views(invert_rigid(camera_to_world)[None], intrinsics[None], width, height)
+
+
+def frame_bounds(lo: torch.Tensor, hi: torch.Tensor, vertical_fov_deg: float) -> tuple[tuple[float, float, float], float]:
+    """Orbit centre and radius at which a box (lo, hi) fits a view of the given field of view."""
+    centre = (lo + hi) / 2
+    half_size = max(float((hi - lo).max()) / 2, 0.1)
+    radius = 1.2 * half_size / math.tan(math.radians(vertical_fov_deg) / 2) + float(hi[2] - lo[2]) / 2
+    return tuple(centre.tolist()), radius

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 
-import torch
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
 from ..engine.gaussians import GaussianCloud
-from ..kernels.cameras import intrinsics_from_fov, invert_rigid, look_at
-from ..kernels.cameras import Views
+from ..kernels.cameras import Views, frame_bounds, intrinsics_from_fov, orbit_camera, single_view
+from .feedback import forward_keyframe_requests
 from .frames import FrameRenderer
 from .protocol import SizeLimits
 from .session import Session, SessionLimitError, SessionManager
@@ -62,17 +60,12 @@ class Avatar:
 
     @classmethod
     def from_cloud(cls, avatar_id: str, cloud: GaussianCloud, background: tuple[float, float, float]) -> Avatar:
-        lo, hi = cloud.bounds()
-        centre = ((lo + hi) / 2).tolist()
-        half_height = max(float((hi - lo).max()) / 2, 0.1)
-        # Far enough that the whole avatar fits the default field of view, with a margin.
-        radius = 1.2 * half_height / math.tan(math.radians(DEFAULT_FOV_DEG) / 2) + float((hi - lo)[2]) / 2
-        return cls(avatar_id, FrameRenderer(cloud, background), tuple(centre), radius)
+        centre, radius = frame_bounds(*cloud.bounds(), DEFAULT_FOV_DEG)
+        return cls(avatar_id, FrameRenderer(cloud, background), centre, radius)
 
     def default_views(self, width: int, height: int) -> Views:
-        eye = torch.tensor(self.centre) + torch.tensor([0.0, 0.0, self.radius])
-        camera_to_world = look_at(eye, torch.tensor(self.centre))
-        return Views(invert_rigid(camera_to_world)[None], intrinsics_from_fov(DEFAULT_FOV_DEG, width, height)[None], width, height)
+        camera_to_world = orbit_camera(0.0, 0.0, self.radius, self.centre)
+        return single_view(camera_to_world, intrinsics_from_fov(DEFAULT_FOV_DEG, width, height), width, height)
 
 
 def error_response(status: int, message: str) -> web.Response:
@@ -173,6 +166,7 @@ class StreamingServer:
         )
         transceiver = pc.addTransceiver(track, direction="sendonly")
         transceiver.setCodecPreferences(preferred_video_codecs())
+        forward_keyframe_requests(transceiver.sender, track)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="offer"))
             answer = await pc.createAnswer()

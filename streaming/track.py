@@ -44,6 +44,7 @@ class AvatarTrack(MediaStreamTrack):
         self.on_frame = on_frame
         self.codec_mime: str | None = None
         self.frames_sent = 0
+        self.keyframes_sent = 0
         self._encoder: VideoEncoder | None = None
         self._default_views = default_views
         self._pose: PoseRequest | None = None
@@ -104,6 +105,7 @@ class AvatarTrack(MediaStreamTrack):
             if packets:
                 break
         self.frames_sent += 1
+        self.keyframes_sent += any(p.is_keyframe for p in packets)
         if pose is not None and self.on_frame is not None:
             self.on_frame(pose, pts, timings)
         # Encoders that emit several packets per frame (rare at zero latency) are joined into one

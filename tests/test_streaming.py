@@ -173,3 +173,17 @@ async def test_vanished_viewer_is_reaped_after_idle_timeout(server):
     await viewer.pc.getTransceivers()[0].receiver.transport.transport.stop()
     assert await wait_for(lambda: len(srv.sessions) == 0, srv.config.idle_timeout + 8)
     await viewer.close()
+
+
+async def test_picture_loss_indication_gets_a_keyframe(server):
+    srv = server.app[SERVER_KEY]
+    viewer = Viewer()
+    await viewer.connect(base_url(server))
+    session = next(iter(srv.sessions.sessions.values()))
+    track = session.track
+    assert await wait_for(lambda: track.frames_sent > 10, 10.0)
+    before = track.keyframes_sent
+    sender_ssrc = session.pc.getSenders()[0]._ssrc
+    await viewer.pc.getReceivers()[0]._send_rtcp_pli(sender_ssrc)
+    assert await wait_for(lambda: track.keyframes_sent > before, 5.0)
+    await viewer.close()

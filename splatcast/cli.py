@@ -1,0 +1,160 @@
+"""``splatcast``: serve an avatar over WebRTC, render it offline, or describe it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from .config import sample_avatar_path
+
+console = Console(stderr=True)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
+    if width < 16 or height < 16:
+        raise argparse.ArgumentTypeError("sizes start at 16x16")
+    return width, height
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _load(path: str | None):
+    from .engine.formats import load_asset
+
+    return load_asset(path or sample_avatar_path())
+
+
+def serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .streaming.server import ServerConfig, StreamingServer
+
+    cloud = _load(args.avatar)
+    avatar_id = Path(args.avatar).stem if args.avatar else "sample"
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        fps=args.fps,
+        width=args.width,
+        height=args.height,
+        max_width=args.max_size[0],
+        max_height=args.max_size[1],
+        max_sessions=args.max_sessions,
+        idle_timeout=args.idle_timeout,
+        ice_servers=args.ice_server,
+    )
+    with console.status(f"preparing {avatar_id} ({len(cloud):,} Gaussians) for streaming"):
+        server = StreamingServer({avatar_id: cloud}, config)
+    url = f"http://{'localhost' if args.host in ('127.0.0.1', '0.0.0.0') else args.host}:{args.port}/"
+    print(f"splatcast: streaming {avatar_id} at {url}", flush=True)
+    web.run_app(server.app(), host=args.host, port=args.port, print=None)
+    return 0
+
+
+def render(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from .kernels import reference
+    from .kernels.cameras import frame_bounds, intrinsics_from_fov, orbit_camera, single_view
+
+    cloud = _load(args.avatar)
+    centre, radius = frame_bounds(*cloud.bounds(), args.fov)
+    distance = args.distance or radius
+    camera_to_world = orbit_camera(args.azimuth, args.elevation, distance, centre)
+    views = single_view(camera_to_world, intrinsics_from_fov(args.fov, args.width, args.height), args.width, args.height)
+    image = reference.to_uint8(reference.render(cloud, views, tuple(args.background)))[0]
+    Image.fromarray(image.numpy()).save(args.output)
+    console.print(f"wrote {args.output} ({args.width}x{args.height})")
+    return 0
+
+
+def info(args: argparse.Namespace) -> int:
+    cloud = _load(args.avatar)
+    lo, hi = cloud.bounds()
+    table = Table(title=str(args.avatar or sample_avatar_path()), show_header=False)
+    table.add_row("Gaussians", f"{len(cloud):,}")
+    table.add_row("SH degree", str(cloud.sh_degree))
+    table.add_row("bounds min (m)", ", ".join(f"{v:.3f}" for v in lo.tolist()))
+    table.add_row("bounds max (m)", ", ".join(f"{v:.3f}" for v in hi.tolist()))
+    table.add_row("size (m)", ", ".join(f"{v:.3f}" for v in (hi - lo).tolist()))
+    if len(cloud):
+        table.add_row("opacity mean", f"{cloud.opacities.mean():.3f}")
+        table.add_row("scale median (m)", f"{cloud.scales.median():.4f}")
+    Console().print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="splatcast", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("serve", help="stream an avatar to browsers over WebRTC")
+    p.add_argument("--avatar", help="a .ply or .splat Gaussian asset (default: the bundled sample)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--fps", type=_positive_int, default=60, help="stream frame rate")
+    p.add_argument("--width", type=_positive_int, default=640, help="stream width before the first pose")
+    p.add_argument("--height", type=_positive_int, default=480, help="stream height before the first pose")
+    p.add_argument("--max-size", type=_size, default=(1920, 1080), help="largest per-view size a client may ask for")
+    p.add_argument("--max-sessions", type=_positive_int, default=8)
+    p.add_argument("--idle-timeout", type=float, default=30.0, help="seconds without a pose before a session ends")
+    p.add_argument("--ice-server", action="append", default=[], help="STUN/TURN URL (repeatable); none by default")
+    p.set_defaults(run=serve)
+
+    p = commands.add_parser("render", help="render an avatar to a PNG (CPU reference renderer)")
+    p.add_argument("avatar", nargs="?", help="a .ply or .splat asset (default: the bundled sample)")
+    p.add_argument("-o", "--output", required=True, help="PNG to write")
+    p.add_argument("--azimuth", type=float, default=0.0, help="degrees around the vertical axis; 0 faces the avatar")
+    p.add_argument("--elevation", type=float, default=0.0, help="degrees above the horizon")
+    p.add_argument("--distance", type=float, help="metres from the avatar's centre (default: fits the frame)")
+    p.add_argument("--fov", type=float, default=40.0, help="vertical field of view, degrees")
+    p.add_argument("--width", type=_positive_int, default=640)
+    p.add_argument("--height", type=_positive_int, default=480)
+    p.add_argument("--background", type=float, nargs=3, default=(0.08, 0.08, 0.1), metavar=("R", "G", "B"))
+    p.set_defaults(run=render)
+
+    p = commands.add_parser("info", help="count, SH degree and bounds of an avatar")
+    p.add_argument("avatar", nargs="?", help="a .ply or .splat asset (default: the bundled sample)")
+    p.set_defaults(run=info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+    logging.getLogger("aioice").setLevel(logging.WARNING)
+    logging.getLogger("aiortc").setLevel(logging.WARNING)
+    from .engine.gaussians import AssetError
+
+    try:
+        return args.run(args)
+    except (AssetError, FileNotFoundError, IsADirectoryError, PermissionError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        return 2
+    except OSError as error:  # e.g. the port is taken
+        console.print(f"[red]error:[/red] {error}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+"""Defaults and bundled data the CLI starts from."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+SAMPLE_AVATAR_NAME = "sample_avatar.ply"
+
+
+def sample_avatar_path() -> Path:
+    """The bundled sample avatar (rebuilt by ``python -m splatcast.engine.sample``)."""
+    return Path(str(resources.files("splatcast") / "data" / SAMPLE_AVATAR_NAME))
