@@ -1,0 +1,47 @@
+"""The layer folders install under ``splatcast.*`` only: no bare ``kernels`` or ``streaming``."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> zipfile.ZipFile:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(out)],
+        check=True,
+        cwd=out,
+    )
+    (path,) = out.glob("splatcast-*.whl")
+    return zipfile.ZipFile(path)
+
+
+def test_only_the_splatcast_package_is_installed(wheel):
+    top_level = {name.split("/")[0] for name in wheel.namelist() if not name.split("/")[0].endswith(".dist-info")}
+    assert top_level == {"splatcast"}
+
+
+def test_layers_package_data_and_console_script_are_in_the_wheel(wheel):
+    wheel_names = set(wheel.namelist())
+    for module in ("engine/gaussians.py", "kernels/reference.py", "streaming/server.py", "export/__init__.py", "cli.py"):
+        assert f"splatcast/{module}" in wheel_names
+    assert "splatcast/streaming/web/index.html" in wheel_names
+    assert "splatcast/data/sample_avatar.ply" in wheel_names
+    entry_points = next(n for n in wheel_names if n.endswith("entry_points.txt"))
+    assert "splatcast = splatcast.cli:main" in wheel.read(entry_points).decode()
+
+
+def test_layers_import_under_one_name():
+    import splatcast.engine
+    import splatcast.export
+    import splatcast.kernels
+    import splatcast.streaming
+
+    for module in (splatcast.engine, splatcast.kernels, splatcast.streaming, splatcast.export):
+        assert Path(module.__file__).parent.parent == ROOT
