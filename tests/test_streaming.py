@@ -15,7 +15,7 @@ from splatcast.kernels import reference
 from splatcast.streaming.protocol import SizeLimits, parse_pose
 from splatcast.streaming.server import SERVER_KEY, ServerConfig, create_app
 
-from .streaming_client import Viewer, pose_message
+from splatcast.streaming.viewer import Viewer, pose_message
 
 WIDTH, HEIGHT = 160, 120
 

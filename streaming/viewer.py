@@ -1,5 +1,6 @@
-"""A real aiortc viewer for tests and benchmarks: connects through /offer, sends poses, pairs
-decoded frames with the poses they show (through the frame messages' ``pts``)."""
+"""A Python viewer: connects through ``/offer``, sends poses, and pairs each decoded frame with the
+pose it shows (through the frame messages' ``pts``). Tests and latency benchmarks drive the
+server with it exactly as a browser would."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ import time
 
 import aiohttp
 import av
-import torch
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from splatcast.kernels.cameras import intrinsics_from_fov, opencv_to_opengl, orbit_camera, projection_from_intrinsics
+from ..kernels.cameras import intrinsics_from_fov, opencv_to_opengl, orbit_camera, projection_from_intrinsics
 
 
 def pose_message(seq: int, azimuth_deg: float, width: int, height: int, radius: float, centre, fov_deg: float = 40.0, views: int = 1) -> str:
