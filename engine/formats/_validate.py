@@ -54,5 +54,6 @@ def finite_rows(*values: torch.Tensor) -> torch.Tensor:
     """True for rows (first axis) finite in every tensor; numpy's isfinite is several times torch's on CPU."""
     finite = np.ones(len(values[0]), dtype=bool)
     for value in values:
-        finite &= np.isfinite(value.detach().cpu().numpy().reshape(len(finite), -1)).all(1)
+        value = value.detach().cpu().numpy()
+        finite &= np.isfinite(value).all(axis=tuple(range(1, value.ndim)))
     return torch.from_numpy(finite)

@@ -56,7 +56,7 @@ _PLY_TYPES = {
     "int": "<i4", "int32": "<i4", "uint": "<u4", "uint32": "<u4",
     "float": "<f4", "float32": "<f4", "double": "<f8", "float64": "<f8",
 }  # fmt: skip
-_FLOAT_TYPES = {"<f4", "<f8"}
+_FLOAT_TYPES = {"float", "float32", "double", "float64"}
 _NORMALS = ("nx", "ny", "nz")
 _BASE = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")
 _F_REST_COUNTS = {3 * ((d + 1) ** 2 - 1): d for d in range(4)}  # 0, 9, 24, 45 -> degree
@@ -73,7 +73,7 @@ def _required(sh_degree: int) -> list[str]:
 
 
 def _parse_header(source, head: bytes) -> tuple[int, list[tuple[str, str]], int]:
-    """(vertex count, [(property name, numpy type)], payload offset) from the file's first bytes."""
+    """(vertex count, [(property name, PLY type)], payload offset) from the file's first bytes."""
     if not head:
         raise AssetError(f"{source}: file is empty")
     if not (head.startswith(MAGIC) or head.startswith(b"ply\r\n")):
@@ -122,7 +122,7 @@ def _parse_header(source, head: bytes) -> tuple[int, list[tuple[str, str]], int]
                 raise AssetError(f"{source}: header line {number}: malformed property line {line.strip()!r}")
             if words[1] not in _PLY_TYPES:
                 raise AssetError(f"{source}: property {words[2]!r} has unknown type {words[1]!r}")
-            properties.append((words[2], _PLY_TYPES[words[1]]))
+            properties.append((words[2], words[1]))
         else:
             raise AssetError(f"{source}: header line {number}: unknown keyword {words[0]!r}")
     if count is None:
@@ -133,7 +133,7 @@ def _parse_header(source, head: bytes) -> tuple[int, list[tuple[str, str]], int]
 
 
 def _layout(source, properties: list[tuple[str, str]]) -> tuple[np.dtype, int]:
-    """The record dtype (fields named by position) and the SH degree; checks the property set."""
+    """The record dtype (fields named as in the file) and the SH degree; checks the property set."""
     names = [name for name, _ in properties]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -153,7 +153,7 @@ def _layout(source, properties: list[tuple[str, str]]) -> tuple[np.dtype, int]:
     unknown = [name for name in names if name not in required and name not in _NORMALS]
     if unknown:
         warnings.warn(f"{source}: ignoring unknown PLY properties {unknown}", stacklevel=4)
-    dtype = np.dtype({"names": names, "formats": [t for _, t in properties]})
+    dtype = np.dtype({"names": names, "formats": [_PLY_TYPES[t] for _, t in properties]})
     return dtype, degree
 
 
@@ -181,13 +181,14 @@ def read_raw(path: str | os.PathLike, max_gaussians: int | None = DEFAULT_MAX_GA
 
     # One contiguous float32 copy in property_names order: x y z f_dc f_rest opacity scale rot.
     table = torch.from_numpy(structured_to_unstructured(records[_required(degree)], dtype=np.float32, copy=True))
-    means, f_dc, f_rest, opacity, log_scales, quats = table.split([3, 3, table.shape[1] - 14, 1, 3, 4], dim=1)
+    bands = (degree + 1) ** 2 - 1
+    means, f_dc, f_rest, opacity, log_scales, quats = table.split([3, 3, 3 * bands, 1, 3, 4], dim=1)
     return {
         "means": means.contiguous(),
         "quats": quats.contiguous(),
         "log_scales": log_scales.contiguous(),
         "opacity_logits": opacity[:, 0].contiguous(),
-        "sh": torch.cat([f_dc[:, None], f_rest.reshape(count, 3, -1).transpose(1, 2)], dim=1),
+        "sh": torch.cat([f_dc[:, None], f_rest.reshape(count, 3, bands).transpose(1, 2)], dim=1),
     }
 
 
