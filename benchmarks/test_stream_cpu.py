@@ -53,7 +53,7 @@ def test_convert_rgb_to_i420(benchmark, renderer, pose_messages):
 
 
 def test_encode_h264(benchmark, renderer, pose_messages):
-    frames = [renderer.render(parse_pose(next(pose_messages), SizeLimits()).views()).frame for _ in range(30)]
+    frames = [renderer.render(parse_pose(next(pose_messages), SizeLimits()).views())[0].frame for _ in range(30)]
     encoder = VideoEncoder("video/H264", fps=60)
     counter = itertools.count()
 
@@ -72,7 +72,7 @@ def test_pose_to_encoded_frame(benchmark, renderer, pose_messages):
     limits = SizeLimits()
 
     def frame():
-        rendered = renderer.render(parse_pose(next(pose_messages), limits).views())
+        (rendered,) = renderer.render(parse_pose(next(pose_messages), limits).views())
         rendered.frame.pts = next(counter) * 1500
         return encoder.encode(rendered.frame)
 

@@ -1,8 +1,9 @@
 """Views of an avatar -> encoder-ready I420 video frames, on whichever rasterizer this machine has.
 
-Stereo views are laid side by side (left, right) in one frame, as the pose protocol promises.
-On a CUDA machine with the splatcast kernels built, the GPU writes I420 planes directly; on the
-CPU the reference renderer draws RGB and libswscale converts it.
+Many streams' views go through one batched render call; each stream then gets its own frame,
+its stereo views laid side by side (left, right), as the pose protocol promises. On a CUDA
+machine with the splatcast kernels built, the GPU writes I420 planes directly; on the CPU the
+reference renderer draws RGB and libswscale converts it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ logger = logging.getLogger(__name__)
 class RenderedFrame:
     frame: av.VideoFrame
     render_ms: float
+    """Time of the whole batched render call this frame came from."""
     convert_ms: float
 
 
@@ -35,7 +37,7 @@ def side_by_side(images: torch.Tensor) -> torch.Tensor:
 
 
 class FrameRenderer:
-    """Renders one avatar. ``render(views)`` is the per-frame hot path: nothing else runs per frame."""
+    """Renders one avatar. ``render(views, views_per_frame)`` is the per-frame hot path."""
 
     def __init__(self, cloud: GaussianCloud, background: tuple[float, float, float] = (0.0, 0.0, 0.0), device: str | None = None) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -53,16 +55,24 @@ class FrameRenderer:
         else:
             logger.info("rasterizer: PyTorch reference on the CPU")
 
-    def render(self, views: Views) -> RenderedFrame:
+    def render(self, views: Views, views_per_frame: list[int] | None = None) -> list[RenderedFrame]:
+        """One frame per entry of ``views_per_frame`` (default: all views in one frame)."""
+        counts = views_per_frame or [len(views)]
         start = time.perf_counter()
         if self._cuda is not None:
-            y, u, v = self._cuda.render_i420(self.cloud, views, self.background)
-            rendered = time.perf_counter()
-            frame = av.VideoFrame.from_ndarray(
-                torch.cat([y.flatten(), u.flatten(), v.flatten()]).numpy().reshape(-1, y.shape[1]), format="yuv420p"
-            )
-            return RenderedFrame(frame, 1e3 * (rendered - start), 1e3 * (time.perf_counter() - rendered))
-        rgb = reference.to_uint8(side_by_side(reference.render(self.cloud, views, self.background)))
-        rendered = time.perf_counter()
-        frame = av.VideoFrame.from_ndarray(rgb.cpu().numpy(), format="rgb24").reformat(format="yuv420p")
-        return RenderedFrame(frame, 1e3 * (rendered - start), 1e3 * (time.perf_counter() - rendered))
+            planes = self._cuda.render_i420(self.cloud, views, self.background, counts)
+            render_ms = 1e3 * (time.perf_counter() - start)
+            frames = []
+            for y, u, v in planes:
+                convert_start = time.perf_counter()
+                frame = av.VideoFrame.from_ndarray(torch.cat([y.flatten(), u.flatten(), v.flatten()]).numpy().reshape(-1, y.shape[1]), format="yuv420p")
+                frames.append(RenderedFrame(frame, render_ms, 1e3 * (time.perf_counter() - convert_start)))
+            return frames
+        images = reference.to_uint8(reference.render(self.cloud, views, self.background)).cpu()
+        render_ms = 1e3 * (time.perf_counter() - start)
+        frames = []
+        for group in images.split(counts):
+            convert_start = time.perf_counter()
+            frame = av.VideoFrame.from_ndarray(side_by_side(group).numpy(), format="rgb24").reformat(format="yuv420p")
+            frames.append(RenderedFrame(frame, render_ms, 1e3 * (time.perf_counter() - convert_start)))
+        return frames

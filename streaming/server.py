@@ -1,14 +1,13 @@
 """The HTTP + WebRTC front door: web client, ``POST /offer``, ``GET /scene``, ``GET /healthz``.
 
-One aiohttp application holds the avatars, the sessions and one render executor. Rendering and
-encoding run on that executor so the event loop stays free for RTP, RTCP and pose messages.
+One aiohttp application holds the avatars, the sessions and the render loop. Rendering and
+encoding run on worker threads so the event loop stays free for RTP, RTCP and pose messages.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -21,6 +20,7 @@ from ..kernels.cameras import Views, frame_bounds, intrinsics_from_fov, orbit_ca
 from .feedback import forward_keyframe_requests
 from .frames import FrameRenderer
 from .protocol import SizeLimits
+from .render_loop import RenderLoop
 from .session import Session, SessionLimitError, SessionManager
 from .track import AvatarTrack
 
@@ -99,8 +99,7 @@ class StreamingServer:
             avatar.renderer.render(avatar.default_views(config.width, config.height))
         self.default_avatar = default_avatar or next(iter(self.avatars))
         self.sessions = SessionManager(config.max_sessions, config.idle_timeout)
-        # One render thread: on the CPU the renderer already uses every core through torch.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="splatcast-render")
+        self.render_loop = RenderLoop()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_SDP_BYTES * 2)
@@ -119,7 +118,7 @@ class StreamingServer:
 
     async def _shutdown(self, _app: web.Application) -> None:
         await self.sessions.close_all()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.render_loop.shutdown()
 
     def _avatar(self, avatar_id: str | None) -> Avatar:
         avatar = self.avatars.get(avatar_id or self.default_avatar)
@@ -157,13 +156,7 @@ class StreamingServer:
 
         ice = [RTCIceServer(url) for url in self.config.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
-        track = AvatarTrack(
-            avatar.renderer,
-            avatar.default_views(self.config.width, self.config.height),
-            self.executor,
-            fps=self.config.fps,
-            bitrate=self.config.bitrate,
-        )
+        track = AvatarTrack(avatar.default_views(self.config.width, self.config.height), self.config.fps, self.config.bitrate)
         transceiver = pc.addTransceiver(track, direction="sendonly")
         transceiver.setCodecPreferences(preferred_video_codecs())
         forward_keyframe_requests(transceiver.sender, track)
@@ -186,6 +179,7 @@ class StreamingServer:
         except SessionLimitError as error:  # another offer took the last slot meanwhile
             await pc.close()
             return error_response(503, str(error))
+        self.render_loop.add(track, avatar.renderer)
         logger.info("session %s: avatar %s, codec %s", session.id, avatar.id, track.codec_mime)
         return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session": session.id})
 

@@ -1,9 +1,9 @@
-"""The video track of one session: newest pose in, encoded packet out, paced at the stream rate.
+"""The video track of one session: its newest pose, its frame slots, its encoder, its packets.
 
-aiortc pulls ``recv()`` in a loop. Each call waits for the next frame slot, takes the newest pose
-(older ones were simply overwritten: a late frame of a stale pose is worth nothing), renders,
-converts and encodes it off the event loop, and returns the ``av.Packet`` for aiortc to send.
-If rendering falls behind, slots are skipped rather than queued.
+The render loop (``render_loop``) decides when a frame is made; the track holds the per-session
+state that decision needs. Poses overwrite each other (a frame of a stale pose is worth nothing),
+and a frame is only started when the previous one has been handed to aiortc: an encoded frame is
+never dropped (later frames reference it), an unrendered slot is, so nothing queues.
 """
 
 from __future__ import annotations
@@ -11,50 +11,54 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
+from dataclasses import dataclass
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from ..kernels.cameras import Views
 from .encoders import RTP_CLOCK, VideoEncoder
-from .frames import FrameRenderer
+from .frames import RenderedFrame
 from .protocol import PoseRequest
 
 FrameCallback = Callable[[PoseRequest, int, dict[str, float]], None]
 
 
+@dataclass(frozen=True)
+class FrameJob:
+    """What one frame shows and when: taken by the render loop, finished by ``encode``."""
+
+    views: Views
+    pose: PoseRequest | None
+    pts: int
+    keyframe: bool
+
+
 class AvatarTrack(MediaStreamTrack):
     kind = "video"
 
-    def __init__(
-        self,
-        renderer: FrameRenderer,
-        default_views: Views,
-        executor: Executor,
-        fps: int = 60,
-        bitrate: int = 4_000_000,
-        on_frame: FrameCallback | None = None,
-    ) -> None:
+    def __init__(self, default_views: Views, fps: int = 60, bitrate: int = 4_000_000, on_frame: FrameCallback | None = None) -> None:
         super().__init__()
-        self.renderer = renderer
-        self.executor = executor
         self.fps = fps
         self.bitrate = bitrate
         self.on_frame = on_frame
         self.codec_mime: str | None = None
         self.frames_sent = 0
         self.keyframes_sent = 0
-        self._encoder: VideoEncoder | None = None
+        self.frames_skipped = 0
         self._default_views = default_views
         self._pose: PoseRequest | None = None
         self._keyframe_requested = False
+        self._encoder: VideoEncoder | None = None
         self._start: float | None = None
         self._next_slot = 0.0
+        self._busy = False
+        self._packet: asyncio.Future[av.Packet] = asyncio.get_running_loop().create_future()
 
     @property
-    def newest_seq(self) -> int:
-        return -1 if self._pose is None else self._pose.seq
+    def view_size(self) -> tuple[int, int]:
+        views = self._default_views if self._pose is None else self._pose
+        return views.width, views.height
 
     def update_pose(self, pose: PoseRequest) -> bool:
         """Keep ``pose`` if it is newer than the one held; False if it was stale."""
@@ -66,50 +70,75 @@ class AvatarTrack(MediaStreamTrack):
     def request_keyframe(self) -> None:
         self._keyframe_requested = True
 
-    async def _wait_for_slot(self) -> int:
-        """Sleep until the next frame slot; returns its presentation time in 90 kHz ticks."""
-        now = time.monotonic()
+    def next_slot(self) -> float:
+        """Monotonic time of this track's next frame slot."""
+        return self._next_slot
+
+    def ready(self, now: float) -> bool:
+        """A frame is due, a codec is negotiated and the previous frame has gone to aiortc."""
+        if self.readyState != "live" or self.codec_mime is None or now < self._next_slot:
+            return False
+        if self._busy:
+            self.frames_skipped += 1
+            self._advance_slot(now)
+            return False
+        return True
+
+    def _advance_slot(self, now: float) -> None:
+        self._next_slot += 1 / self.fps
+        if now - self._next_slot > 1 / self.fps:
+            self._next_slot = now + 1 / self.fps  # behind: skip the missed slots, never queue them
+
+    def take_job(self, now: float) -> FrameJob:
         if self._start is None:
             self._start = self._next_slot = now
-        elif now - self._next_slot > 1 / self.fps:
-            self._next_slot = now  # behind: skip the missed slots, never queue them
-        else:
-            await asyncio.sleep(max(0.0, self._next_slot - now))
-        slot = self._next_slot
-        self._next_slot += 1 / self.fps
-        return int((slot - self._start) * RTP_CLOCK)
+        pts = int((now - self._start) * RTP_CLOCK)
+        self._advance_slot(now)
+        pose, keyframe = self._pose, self._keyframe_requested
+        self._keyframe_requested = False
+        self._busy = True
+        return FrameJob(pose.views() if pose is not None else self._default_views, pose, pts, keyframe)
 
-    def _produce(self, pose: PoseRequest | None, keyframe: bool, pts: int) -> tuple[list[av.Packet], dict[str, float]]:
-        views = pose.views() if pose is not None else self._default_views
-        rendered = self.renderer.render(views)
-        rendered.frame.pts = pts
+    def encode(self, job: FrameJob, rendered: RenderedFrame) -> tuple[list[av.Packet], dict[str, float]]:
+        """Runs on an encoder worker; one at a time per track."""
+        if self._encoder is None:
+            self._encoder = VideoEncoder(self.codec_mime, self.fps, self.bitrate)
+        rendered.frame.pts = job.pts
         start = time.perf_counter()
-        packets = self._encoder.encode(rendered.frame, keyframe)
-        encode_ms = 1e3 * (time.perf_counter() - start)
-        return packets, {"render_ms": rendered.render_ms, "convert_ms": rendered.convert_ms, "encode_ms": encode_ms}
+        packets = self._encoder.encode(rendered.frame, job.keyframe)
+        timings = {"render_ms": rendered.render_ms, "convert_ms": rendered.convert_ms, "encode_ms": 1e3 * (time.perf_counter() - start)}
+        return packets, timings
+
+    def deliver(self, job: FrameJob, packets: list[av.Packet], timings: dict[str, float]) -> None:
+        """Hand an encoded frame to ``recv`` (event loop thread)."""
+        if not packets:  # an encoder still buffering; nothing to send for this slot
+            self._busy = False
+            return
+        # Encoders that emit several packets per frame are joined into one access unit:
+        # aiortc sends one packet per recv().
+        packet = packets[0] if len(packets) == 1 else av.Packet(b"".join(bytes(p) for p in packets))
+        packet.pts, packet.time_base = job.pts, packets[0].time_base
+        self.frames_sent += 1
+        self.keyframes_sent += any(p.is_keyframe for p in packets)
+        if not self._packet.done():
+            self._packet.set_result(packet)
+        if job.pose is not None and self.on_frame is not None:
+            self.on_frame(job.pose, job.pts, timings)
+
+    def fail(self, error: BaseException) -> None:
+        """End the stream: ``recv`` raises, which stops aiortc's sender."""
+        if not self._packet.done():
+            self._packet.set_exception(MediaStreamError(str(error)))
+            self._packet.exception()  # retrieved here, so an unawaited failure logs nothing
 
     async def recv(self) -> av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._encoder is None:
-            if self.codec_mime is None:
-                raise MediaStreamError("no codec negotiated")
-            self._encoder = VideoEncoder(self.codec_mime, self.fps, self.bitrate)
-        while True:
-            pts = await self._wait_for_slot()
-            pose, keyframe = self._pose, self._keyframe_requested
-            self._keyframe_requested = False
-            packets, timings = await asyncio.get_running_loop().run_in_executor(self.executor, self._produce, pose, keyframe, pts)
-            if self.readyState != "live":
-                raise MediaStreamError
-            if packets:
-                break
-        self.frames_sent += 1
-        self.keyframes_sent += any(p.is_keyframe for p in packets)
-        if pose is not None and self.on_frame is not None:
-            self.on_frame(pose, pts, timings)
-        # Encoders that emit several packets per frame (rare at zero latency) are joined into one
-        # access unit: aiortc sends one packet per recv().
-        packet = packets[0] if len(packets) == 1 else av.Packet(b"".join(bytes(p) for p in packets))
-        packet.pts, packet.time_base = pts, packets[0].time_base
+        packet = await self._packet
+        self._packet = asyncio.get_running_loop().create_future()
+        self._busy = False
         return packet
+
+    def stop(self) -> None:
+        super().stop()
+        self.fail(MediaStreamError("track stopped"))

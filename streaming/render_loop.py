@@ -1,0 +1,90 @@
+"""One render loop per render device: every tick, every due session's newest pose, rendered in
+one batched call per avatar and view size, then encoded on a worker pool.
+
+Batching is what lets one GPU serve many sessions: a stereo session adds two views to the batch,
+a mono one adds one. Encoding runs on a pool sized to the CPU cores, one frame at a time per
+session; a session whose previous frame is still encoding or unsent skips its slot, so a slow
+session never holds the others back and nothing queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+
+from ..kernels.cameras import Views
+from .frames import FrameRenderer
+from .track import AvatarTrack, FrameJob
+
+logger = logging.getLogger(__name__)
+
+IDLE_SLEEP_S = 0.002
+"""Longest nap between ticks: new sessions and poses are picked up at least this often."""
+MIN_SLEEP_S = 0.0005
+
+
+class RenderLoop:
+    def __init__(self, encode_workers: int | None = None) -> None:
+        # One render thread: the renderer already uses every core (CPU) or the whole GPU.
+        self._render_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="splatcast-render")
+        self._encode_pool = ThreadPoolExecutor(max_workers=encode_workers or os.cpu_count() or 2, thread_name_prefix="splatcast-encode")
+        self._tracks: dict[AvatarTrack, FrameRenderer] = {}
+        self._task: asyncio.Task | None = None
+        self.ticks = 0
+
+    def add(self, track: AvatarTrack, renderer: FrameRenderer) -> None:
+        self._tracks[track] = renderer
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="splatcast-render-loop")
+
+    def shutdown(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._render_executor.shutdown(wait=False, cancel_futures=True)
+        self._encode_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._tracks:
+            now = time.monotonic()
+            batches: dict[tuple, list[AvatarTrack]] = defaultdict(list)
+            for track, renderer in list(self._tracks.items()):
+                if track.readyState != "live":  # its session ended
+                    del self._tracks[track]
+                elif track.ready(now):
+                    batches[(renderer, *track.view_size)].append(track)
+            if not batches:
+                upcoming = min((t.next_slot() for t in self._tracks), default=now)
+                await asyncio.sleep(min(max(upcoming - now, MIN_SLEEP_S), IDLE_SLEEP_S))
+                continue
+            self.ticks += 1
+            for (renderer, *_), tracks in batches.items():
+                jobs = [track.take_job(now) for track in tracks]
+                views = Views.concat([job.views for job in jobs])
+                try:
+                    frames = await loop.run_in_executor(self._render_executor, renderer.render, views, [len(job.views) for job in jobs])
+                except Exception as error:  # a render failure ends these streams, not the server
+                    logger.exception("render failed for %d sessions", len(tracks))
+                    for track in tracks:
+                        track.fail(error)
+                    continue
+                for track, job, frame in zip(tracks, jobs, frames):
+                    self._encode(loop, track, job, frame)
+
+    def _encode(self, loop: asyncio.AbstractEventLoop, track: AvatarTrack, job: FrameJob, frame) -> None:
+        future = loop.run_in_executor(self._encode_pool, track.encode, job, frame)
+
+        def finished(done: asyncio.Future) -> None:
+            if done.cancelled():
+                return
+            if done.exception() is not None:
+                logger.error("encoder failed: %s", done.exception())
+                track.fail(done.exception())
+                return
+            track.deliver(job, *done.result())
+
+        future.add_done_callback(finished)
