@@ -119,8 +119,10 @@ def test_plyfile_reads_our_ply_with_inria_channel_major_sh(tmp_path, degree):
         assert torch.equal(column(f"rot_{i}"), cloud.quats[:, i])
 
 
-def test_we_read_a_ply_plyfile_wrote_in_any_property_order_with_extras(tmp_path):
-    """An independent writer, no normals, shuffled order, a double and an extra uchar property."""
+@pytest.mark.parametrize("x_type, label_type", [("<f4", "<f4"), ("<f8", "u1")], ids=["all-float32", "mixed-types"])
+def test_we_read_a_ply_plyfile_wrote_in_any_property_order_with_extras(tmp_path, x_type, label_type):
+    """An independent writer, no normals, shuffled order, an extra property; the float32-table fast
+    path and the mixed-type path must read the same values."""
     degree, n = 1, 10
     raw = random_raw(n, degree, seed=3)
     columns = {"x": raw["means"][:, 0], "y": raw["means"][:, 1], "z": raw["means"][:, 2], "opacity": raw["opacity_logits"]}
@@ -131,7 +133,7 @@ def test_we_read_a_ply_plyfile_wrote_in_any_property_order_with_extras(tmp_path)
     columns |= {f"scale_{i}": raw["log_scales"][:, i] for i in range(3)}
     columns |= {f"rot_{i}": raw["quats"][:, i] for i in range(4)}
     names = sorted(columns, reverse=True)
-    dtype = [(name, "<f8" if name == "x" else "<f4") for name in names] + [("label", "u1")]
+    dtype = [(name, x_type if name == "x" else "<f4") for name in names] + [("label", label_type)]
     data = np.empty(n, dtype)
     for name in names:
         data[name] = columns[name].numpy()

@@ -58,7 +58,6 @@ _PLY_TYPES = {
 }  # fmt: skip
 _FLOAT_TYPES = {"float", "float32", "double", "float64"}
 _NORMALS = ("nx", "ny", "nz")
-_BASE = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")
 _F_REST_COUNTS = {3 * ((d + 1) ** 2 - 1): d for d in range(4)}  # 0, 9, 24, 45 -> degree
 
 
@@ -180,7 +179,13 @@ def read_raw(path: str | os.PathLike, max_gaussians: int | None = DEFAULT_MAX_GA
             raise AssetError(f"{path}: file shrank while being read")
 
     # One contiguous float32 copy in property_names order: x y z f_dc f_rest opacity scale rot.
-    table = torch.from_numpy(structured_to_unstructured(records[_required(degree)], dtype=np.float32, copy=True))
+    required = _required(degree)
+    if all(dtype[name] == np.float32 for name in dtype.names):  # the usual file: a float32 table, ~4x faster
+        columns = [dtype.names.index(name) for name in required]
+        table = np.take(records.view(np.float32).reshape(count, len(dtype.names)), columns, axis=1)
+    else:
+        table = structured_to_unstructured(records[required], dtype=np.float32, copy=True)
+    table = torch.from_numpy(table)
     bands = (degree + 1) ** 2 - 1
     means, f_dc, f_rest, opacity, log_scales, quats = table.split([3, 3, 3 * bands, 1, 3, 4], dim=1)
     return {
