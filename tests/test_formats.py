@@ -17,7 +17,7 @@ from splatcast.engine.gaussians import SH_C0, GaussianCloud, random_cloud
 # .splat quantisation: colour/opacity bytes are round(v * 255), rotation bytes round(q * 128 + 128)
 # with 1.0 clamped to 255/256 of itself, then renormalised on reading.
 SPLAT_COLOUR_TOL = 0.5 / 255 + 1e-6
-SPLAT_QUAT_TOL = 1.5 / 128
+SPLAT_QUAT_TOL = 1 / 128
 
 
 def cloud_for(degree: int, n: int = 64, seed: int = 0) -> GaussianCloud:
