@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import torch
 
@@ -68,6 +69,8 @@ class PoseRequest:
     height: int
     camera_to_world: torch.Tensor  # (V, 4, 4), OpenGL camera axes
     projection: torch.Tensor  # (V, 4, 4)
+    received_at: float = field(default_factory=time.monotonic)
+    """Server monotonic clock at parse time: the start of pose-to-encoded latency."""
 
     @property
     def num_views(self) -> int:

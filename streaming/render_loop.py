@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..kernels.cameras import Views
 from .frames import FrameRenderer
+from .metrics import StreamMetrics
 from .track import AvatarTrack, FrameJob
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,8 @@ MIN_SLEEP_S = 0.0005
 
 
 class RenderLoop:
-    def __init__(self, encode_workers: int | None = None) -> None:
+    def __init__(self, metrics: StreamMetrics, encode_workers: int | None = None) -> None:
+        self.metrics = metrics
         # One render thread: the renderer already uses every core (CPU) or the whole GPU.
         self._render_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="splatcast-render")
         self._encode_pool = ThreadPoolExecutor(max_workers=encode_workers or os.cpu_count() or 2, thread_name_prefix="splatcast-encode")
@@ -72,6 +74,7 @@ class RenderLoop:
                     for track in tracks:
                         track.fail(error)
                     continue
+                self.metrics.render.observe(frames[0].render_ms / 1e3)
                 for track, job, frame in zip(tracks, jobs, frames):
                     self._encode(loop, track, job, frame)
 

@@ -1,6 +1,7 @@
 """The HTTP + WebRTC front door: web client, ``POST /offer``, ``GET /scene``, ``GET /healthz``.
 
-One aiohttp application holds the avatars, the sessions and the render loop. Rendering and
+Routes: ``GET /`` (web client), ``/static/*``, ``POST /offer``, ``GET /scene``, ``GET /healthz``,
+``GET /metrics`` (Prometheus). One aiohttp application holds the avatars, the sessions and the render loop. Rendering and
 encoding run on worker threads so the event loop stays free for RTP, RTCP and pose messages.
 """
 
@@ -19,6 +20,7 @@ from ..engine.gaussians import GaussianCloud
 from ..kernels.cameras import Views, frame_bounds, intrinsics_from_fov, orbit_camera, single_view
 from .feedback import forward_keyframe_requests
 from .frames import FrameRenderer
+from .metrics import StreamMetrics
 from .protocol import SizeLimits
 from .render_loop import RenderLoop
 from .session import Session, SessionLimitError, SessionManager
@@ -99,7 +101,8 @@ class StreamingServer:
             avatar.renderer.render(avatar.default_views(config.width, config.height))
         self.default_avatar = default_avatar or next(iter(self.avatars))
         self.sessions = SessionManager(config.max_sessions, config.idle_timeout)
-        self.render_loop = RenderLoop()
+        self.metrics = StreamMetrics(lambda: ((sid, s.track) for sid, s in self.sessions.sessions.items()))
+        self.render_loop = RenderLoop(self.metrics)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_SDP_BYTES * 2)
@@ -112,6 +115,7 @@ class StreamingServer:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/scene", self.scene)
         app.router.add_post("/offer", self.offer)
+        app.router.add_get("/metrics", self.prometheus)
         app.on_shutdown.append(self._shutdown)
         app[SERVER_KEY] = self
         return app
@@ -128,6 +132,9 @@ class StreamingServer:
 
     async def healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "sessions": len(self.sessions), "max_sessions": self.config.max_sessions})
+
+    async def prometheus(self, _request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.exposition(), headers={"Content-Type": self.metrics.content_type})
 
     async def scene(self, request: web.Request) -> web.Response:
         avatar = self._avatar(request.query.get("avatar"))
@@ -171,7 +178,7 @@ class StreamingServer:
             await pc.close()
             return error_response(400, f"bad SDP offer: {error}")
 
-        session = Session(pc, track, avatar.id, self.limits)
+        session = Session(pc, track, avatar.id, self.limits, self.metrics)
         track.on_frame = session.on_frame
         pc.on("datachannel", lambda channel: session.attach_channel(channel) if channel.label == "pose" else None)
         try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from aiortc import RTCDataChannel, RTCPeerConnection
 
+from .metrics import StreamMetrics
 from .protocol import PoseError, PoseRequest, SizeLimits, frame_message, parse_pose
 from .track import AvatarTrack
 
@@ -27,11 +28,13 @@ class Session:
     track: AvatarTrack
     avatar_id: str
     limits: SizeLimits
+    metrics: StreamMetrics
     id: str = field(default_factory=lambda: secrets.token_urlsafe(9))
     last_activity: float = field(default_factory=time.monotonic)
     channel: RTCDataChannel | None = None
     bad_poses: int = 0
     stale_poses: int = 0
+    _last_shown_seq: int = -1
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
@@ -47,12 +50,20 @@ class Session:
             pose = parse_pose(message, self.limits)
         except PoseError as error:
             self.bad_poses += 1
+            self.metrics.bad_poses.inc()
             logger.debug("session %s: dropped pose message (%s)", self.id, error)
             return
         if not self.track.update_pose(pose):
             self.stale_poses += 1
 
-    def on_frame(self, pose: PoseRequest, pts: int, timings: dict[str, float]) -> None:
+    def on_frame(self, pose: PoseRequest | None, pts: int, timings: dict[str, float]) -> None:
+        self.metrics.convert.observe(timings["convert_ms"] / 1e3)
+        self.metrics.encode.observe(timings["encode_ms"] / 1e3)
+        if pose is None:
+            return
+        if pose.seq != self._last_shown_seq:
+            self._last_shown_seq = pose.seq
+            self.metrics.pose_to_encoded.observe(time.monotonic() - pose.received_at)
         if self.channel is not None and self.channel.readyState == "open":
             self.channel.send(frame_message(pose.seq, pose.client_time, pts, timings))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ from .encoders import RTP_CLOCK, VideoEncoder
 from .frames import RenderedFrame
 from .protocol import PoseRequest
 
-FrameCallback = Callable[[PoseRequest, int, dict[str, float]], None]
+FrameCallback = Callable[[PoseRequest | None, int, dict[str, float]], None]
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class AvatarTrack(MediaStreamTrack):
         self.frames_sent = 0
         self.keyframes_sent = 0
         self.frames_skipped = 0
+        self._delivered_at: deque[float] = deque(maxlen=4 * fps)
         self._default_views = default_views
         self._pose: PoseRequest | None = None
         self._keyframe_requested = False
@@ -54,6 +56,11 @@ class AvatarTrack(MediaStreamTrack):
         self._next_slot = 0.0
         self._busy = False
         self._packet: asyncio.Future[av.Packet] = asyncio.get_running_loop().create_future()
+
+    def delivered_fps(self) -> float:
+        """Frames handed to aiortc during the last second."""
+        horizon = time.monotonic() - 1.0
+        return float(sum(1 for t in self._delivered_at if t > horizon))
 
     @property
     def view_size(self) -> tuple[int, int]:
@@ -120,9 +127,10 @@ class AvatarTrack(MediaStreamTrack):
         packet.pts, packet.time_base = job.pts, packets[0].time_base
         self.frames_sent += 1
         self.keyframes_sent += any(p.is_keyframe for p in packets)
+        self._delivered_at.append(time.monotonic())
         if not self._packet.done():
             self._packet.set_result(packet)
-        if job.pose is not None and self.on_frame is not None:
+        if self.on_frame is not None:
             self.on_frame(job.pose, job.pts, timings)
 
     def fail(self, error: BaseException) -> None:

@@ -112,6 +112,14 @@ async def test_bad_pose_messages_are_counted_and_streaming_continues(server):
     assert frame.width == WIDTH
     session = next(iter(srv.sessions.sessions.values()))
     assert session.bad_poses == len(bad)
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.get(f"{base_url(server)}/metrics") as r:
+        exposition = await r.text()
+    assert f"splatcast_bad_pose_messages_total {len(bad)}.0" in exposition
+    assert "splatcast_sessions 1.0" in exposition
+    assert f'splatcast_frames_total{{session="{session.id}"}}' in exposition
+    assert "splatcast_pose_to_encoded_seconds_count 1.0" in exposition
     await viewer.close()
 
 
