@@ -7,7 +7,9 @@ only packetizes them into RTP). That also lets each frame's encode time be measu
 - H.264: NVENC where the GPU has an encoder (picked once, by trying to open it), else libx264 with
   preset ultrafast, tune zerolatency (no B-frames, no lookahead, sliced threads).
 - VP8: libvpx in realtime mode, the fallback when a peer does not negotiate H.264.
-A keyframe is produced on request (PLI/FIR) and whenever the frame size changes.
+A keyframe is produced on request (PLI/FIR) and whenever the frame size changes. The bitrate can be
+changed between frames; the codec is reopened (with a keyframe) only when it moves by more than
+``BITRATE_HYSTERESIS``, since neither libx264 nor libvpx can retarget an open PyAV context.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 RTP_CLOCK = 90_000
 TIME_BASE = fractions.Fraction(1, RTP_CLOCK)
+BITRATE_HYSTERESIS = 0.25
 KEYFRAME_INTERVAL_S = 10
 """Periodic keyframes are a safety net only: receivers ask for one with PLI when they need it."""
 
@@ -88,7 +91,11 @@ class VideoEncoder:
     def encode(self, frame: av.VideoFrame, keyframe: bool = False) -> list[av.Packet]:
         """Encode one yuv420p frame whose ``pts`` is in 90 kHz ticks."""
         context = self._context
-        if context is None or (context.width, context.height) != (frame.width, frame.height):
+        if (
+            context is None
+            or (context.width, context.height) != (frame.width, frame.height)
+            or abs(self.bitrate - context.bit_rate) > BITRATE_HYSTERESIS * context.bit_rate
+        ):
             context = self._context = self._open(frame.width, frame.height)
             keyframe = True
         frame.time_base = TIME_BASE

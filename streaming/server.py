@@ -18,7 +18,7 @@ from aiortc.sdp import SessionDescription
 
 from ..engine.gaussians import GaussianCloud
 from ..kernels.cameras import Views, frame_bounds, intrinsics_from_fov, orbit_camera, single_view
-from .feedback import forward_keyframe_requests
+from .feedback import forward_feedback
 from .frames import FrameRenderer
 from .metrics import StreamMetrics
 from .protocol import SizeLimits
@@ -45,7 +45,8 @@ class ServerConfig:
     max_height: int = 1080
     max_sessions: int = 8
     idle_timeout: float = 30.0
-    bitrate: int = 4_000_000
+    bitrate_bounds: tuple[int, int, int] = (300_000, 3_000_000, 12_000_000)
+    """(min, start, max) bits per second; within them the bitrate follows the receiver's REMB."""
     background: tuple[float, float, float] = (0.08, 0.08, 0.1)
     ice_servers: list[str] = field(default_factory=list)
     """STUN/TURN URLs. Empty by default: aiortc would otherwise ask a public STUN server."""
@@ -163,10 +164,10 @@ class StreamingServer:
 
         ice = [RTCIceServer(url) for url in self.config.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
-        track = AvatarTrack(avatar.default_views(self.config.width, self.config.height), self.config.fps, self.config.bitrate)
+        track = AvatarTrack(avatar.default_views(self.config.width, self.config.height), self.config.fps, self.config.bitrate_bounds)
         transceiver = pc.addTransceiver(track, direction="sendonly")
         transceiver.setCodecPreferences(preferred_video_codecs())
-        forward_keyframe_requests(transceiver.sender, track)
+        forward_feedback(transceiver.sender, track)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="offer"))
             answer = await pc.createAnswer()

@@ -38,10 +38,17 @@ class FrameJob:
 class AvatarTrack(MediaStreamTrack):
     kind = "video"
 
-    def __init__(self, default_views: Views, fps: int = 60, bitrate: int = 4_000_000, on_frame: FrameCallback | None = None) -> None:
+    def __init__(
+        self,
+        default_views: Views,
+        fps: int = 60,
+        bitrate_bounds: tuple[int, int, int] = (300_000, 3_000_000, 12_000_000),
+        on_frame: FrameCallback | None = None,
+    ) -> None:
         super().__init__()
         self.fps = fps
-        self.bitrate = bitrate
+        self.bitrate_bounds = bitrate_bounds
+        self.target_bitrate = bitrate_bounds[1]
         self.on_frame = on_frame
         self.codec_mime: str | None = None
         self.frames_sent = 0
@@ -77,6 +84,11 @@ class AvatarTrack(MediaStreamTrack):
     def request_keyframe(self) -> None:
         self._keyframe_requested = True
 
+    def set_target_bitrate(self, bitrate: int) -> None:
+        """Follow the receiver's estimate (REMB), within the configured bounds."""
+        low, _, high = self.bitrate_bounds
+        self.target_bitrate = max(low, min(high, bitrate))
+
     def next_slot(self) -> float:
         """Monotonic time of this track's next frame slot."""
         return self._next_slot
@@ -109,7 +121,8 @@ class AvatarTrack(MediaStreamTrack):
     def encode(self, job: FrameJob, rendered: RenderedFrame) -> tuple[list[av.Packet], dict[str, float]]:
         """Runs on an encoder worker; one at a time per track."""
         if self._encoder is None:
-            self._encoder = VideoEncoder(self.codec_mime, self.fps, self.bitrate)
+            self._encoder = VideoEncoder(self.codec_mime, self.fps, self.target_bitrate)
+        self._encoder.bitrate = self.target_bitrate
         rendered.frame.pts = job.pts
         start = time.perf_counter()
         packets = self._encoder.encode(rendered.frame, job.keyframe)

@@ -44,7 +44,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture
 async def server():
-    config = ServerConfig(fps=30, width=WIDTH, height=HEIGHT, max_sessions=2, idle_timeout=5.0, bitrate=2_000_000)
+    config = ServerConfig(fps=30, width=WIDTH, height=HEIGHT, max_sessions=2, idle_timeout=5.0, bitrate_bounds=(200_000, 2_000_000, 4_000_000))
     app = create_app({"figure": figure_cloud()}, config)
     async with TestServer(app, host="127.0.0.1") as test_server:
         yield test_server
@@ -194,4 +194,24 @@ async def test_picture_loss_indication_gets_a_keyframe(server):
     sender_ssrc = session.pc.getSenders()[0]._ssrc
     await viewer.pc.getReceivers()[0]._send_rtcp_pli(sender_ssrc)
     assert await wait_for(lambda: track.keyframes_sent > before, 5.0)
+    await viewer.close()
+
+
+async def test_receiver_bitrate_estimate_retargets_the_encoder_within_bounds(server):
+    from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
+
+    srv = server.app[SERVER_KEY]
+    viewer = Viewer()
+    await viewer.connect(base_url(server))
+    session = next(iter(srv.sessions.sessions.values()))
+    track, sender_ssrc = session.track, session.pc.getSenders()[0]._ssrc
+    assert await wait_for(lambda: track.frames_sent > 5, 10.0)
+    receiver = viewer.pc.getReceivers()[0]
+    for estimate, expected in [(600_000, 600_000), (50_000, 200_000), (90_000_000, 4_000_000)]:
+        keyframes = track.keyframes_sent
+        remb = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=pack_remb_fci(estimate, [sender_ssrc]))
+        await receiver._send_rtcp(remb)
+        assert await wait_for(lambda: track.target_bitrate == expected, 5.0), (estimate, track.target_bitrate)
+    assert await wait_for(lambda: track._encoder is not None and track._encoder._context.bit_rate == 4_000_000, 5.0)
+    assert track.keyframes_sent > keyframes  # the reopened encoder started with a keyframe
     await viewer.close()
