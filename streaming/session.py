@@ -32,8 +32,14 @@ class Session:
     id: str = field(default_factory=lambda: secrets.token_urlsafe(9))
     last_activity: float = field(default_factory=time.monotonic)
     channel: RTCDataChannel | None = None
+    max_pose_rate: float = 240.0
+    """Pose messages per second a client may send (a 120 Hz headset sends 120); the excess is
+    dropped unparsed, so a flooding client costs the server next to nothing."""
     bad_poses: int = 0
     stale_poses: int = 0
+    flooded_poses: int = 0
+    _pose_allowance: float = 0.0
+    _allowance_at: float = field(default_factory=time.monotonic)
     _last_shown_seq: int = -1
 
     def touch(self) -> None:
@@ -44,8 +50,21 @@ class Session:
         self.channel = channel
         channel.on("message", self.on_pose_message)
 
+    def _within_rate(self) -> bool:
+        """Token bucket of one second's worth of poses."""
+        now = time.monotonic()
+        self._pose_allowance = min(self.max_pose_rate, self._pose_allowance + (now - self._allowance_at) * self.max_pose_rate)
+        self._allowance_at = now
+        if self._pose_allowance < 1.0:
+            return False
+        self._pose_allowance -= 1.0
+        return True
+
     def on_pose_message(self, message: str | bytes) -> None:
         self.touch()
+        if not self._within_rate():
+            self.flooded_poses += 1
+            return
         try:
             pose = parse_pose(message, self.limits)
         except PoseError as error:

@@ -4,9 +4,12 @@ server with it exactly as a browser would."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import aiohttp
 import av
@@ -27,23 +30,56 @@ def pose_message(seq: int, azimuth_deg: float, width: int, height: int, radius: 
     return json.dumps({"v": 1, "type": "pose", "seq": seq, "t": time.monotonic() * 1e3, "width": width, "height": height, "views": payload})
 
 
+MESSAGE_MEMORY = 1024
+"""Frame messages kept for pairing: several seconds of video at 60 fps."""
+
+
+@dataclass
+class ViewerReport:
+    """What a viewer measured: decoded frames and pose-sent -> frame-decoded latency (ms)."""
+
+    seconds: float
+    frames_decoded: int
+    frames_matched: int
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def fps(self) -> float:
+        return self.frames_decoded / self.seconds
+
+    def summary(self) -> dict:
+        lat = sorted(self.latencies_ms)
+
+        def pct(q: float) -> float | None:
+            return round(lat[min(len(lat) - 1, int(q * len(lat)))], 2) if lat else None
+
+        return {"seconds": round(self.seconds, 2), "frames_decoded": self.frames_decoded, "fps": round(self.fps, 2),
+                "frames_matched": self.frames_matched, "latency_ms_p50": pct(0.5), "latency_ms_p95": pct(0.95), "latency_ms_p99": pct(0.99)}
+
+
 class Viewer:
     def __init__(self) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.channel = self.pc.createDataChannel("pose", ordered=False, maxRetransmits=0)
         self.pc.addTransceiver("video", direction="recvonly")
-        self.messages: list[dict] = []
+        self.frame_messages: OrderedDict[int, dict] = OrderedDict()
         self.track = None
         self.session_id = None
         self._track_ready = asyncio.Event()
         self._channel_open = asyncio.Event()
         self.channel.on("open", self._channel_open.set)
-        self.channel.on("message", lambda m: self.messages.append(json.loads(m)))
+        self.channel.on("message", self._on_message)
 
         @self.pc.on("track")
         def on_track(track) -> None:
             self.track = track
             self._track_ready.set()
+
+    def _on_message(self, message: str) -> None:
+        info = json.loads(message)
+        self.frame_messages[info["pts"]] = info
+        while len(self.frame_messages) > MESSAGE_MEMORY:
+            self.frame_messages.popitem(last=False)
 
     async def connect(self, base_url: str, avatar: str | None = None) -> None:
         await self.pc.setLocalDescription(await self.pc.createOffer())
@@ -64,10 +100,72 @@ class Viewer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             frame = await asyncio.wait_for(self.track.recv(), timeout)
-            for message in self.messages:
-                if message["seq"] == seq and message["pts"] == frame.pts:
-                    return frame, message
+            info = self.frame_messages.get(frame.pts)
+            if info is not None and info["seq"] == seq:
+                return frame, info
         raise TimeoutError(f"no decoded frame showed pose {seq}")
+
+    async def orbit(self, scene: dict, seconds: float, width: int, height: int, views: int = 1, pose_hz: float = 60.0) -> ViewerReport:
+        """Turn around the avatar for ``seconds``, sending a new pose at ``pose_hz``, and measure
+        each decoded frame's latency from the sending of the pose it shows."""
+        latencies: list[float] = []
+        decoded = matched = 0
+        reported: set[int] = set()
+
+        async def send_poses() -> None:
+            # Poses go out in ticks of at least 10 ms, so rates past what asyncio can time work.
+            tick = max(1.0 / pose_hz, 0.01)
+            seq = 0
+            while True:
+                for _ in range(max(1, round(pose_hz * tick))):
+                    seq += 1
+                    azimuth = 90.0 * seq / pose_hz  # a quarter turn per second
+                    self.channel.send(pose_message(seq, azimuth, width, height, scene["radius"], scene["centre"], views=views))
+                await asyncio.sleep(tick)
+
+        sender = asyncio.create_task(send_poses())
+        start = time.monotonic()
+        try:
+            while time.monotonic() - start < seconds:
+                frame = await asyncio.wait_for(self.track.recv(), 10.0)
+                decoded += 1
+                info = self.frame_messages.get(frame.pts)
+                if info is not None:
+                    matched += 1
+                    if info["seq"] not in reported:  # first frame showing that pose
+                        reported.add(info["seq"])
+                        latencies.append(time.monotonic() * 1e3 - info["t"])
+        finally:
+            sender.cancel()
+        return ViewerReport(time.monotonic() - start, decoded, matched, latencies)
 
     async def close(self) -> None:
         await self.pc.close()
+
+
+async def _run(args: argparse.Namespace) -> dict:
+    async with aiohttp.ClientSession() as http, http.get(f"{args.url}/scene") as response:
+        scene = await response.json()
+    viewer = Viewer()
+    try:
+        await viewer.connect(args.url)
+        report = await viewer.orbit(scene, args.seconds, args.width, args.height, 2 if args.stereo else 1, args.pose_hz)
+    finally:
+        await viewer.close()
+    return report.summary()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Watch a splatcast stream and report fps and pose->decoded latency as JSON.")
+    parser.add_argument("url", help="server base URL, e.g. http://127.0.0.1:8080")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--width", type=int, default=1280)
+    parser.add_argument("--height", type=int, default=720)
+    parser.add_argument("--stereo", action="store_true")
+    parser.add_argument("--pose-hz", type=float, default=60.0)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(_run(args))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
