@@ -1,12 +1,11 @@
 """Robustness under load on the CPU path: many sessions, a vanished client, a pose flood."""
 
 import asyncio
-
-import aiohttp
 import os
 import signal
 import sys
 
+import aiohttp
 from aiohttp.test_utils import TestServer
 
 from splatcast.streaming.server import SERVER_KEY, ServerConfig, create_app
