@@ -149,38 +149,37 @@ class TileBins:
 
 
 def bin_tiles(projection: Projection, width: int, height: int, tile_size: int = TILE_SIZE) -> TileBins:
-    """Duplicate each visible splat into every tile its bounding box touches, then sort."""
+    """Duplicate each visible splat into every tile its bounding box touches, then sort.
+
+    Splats are ordered by depth first and their pairs made in that order, so one stable sort on
+    the (view, tile) index leaves each tile's list front to back.
+    """
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    num_views, num_gaussians = projection.visible.shape
+    num_views = projection.visible.shape[0]
     entry = projection.visible.flatten().nonzero().squeeze(1)
+    entry = entry[projection.depths.flatten()[entry].argsort()]
     centre = projection.means2d.reshape(-1, 2)[entry]
     extent = projection.extents.reshape(-1, 2)[entry]
-    lo = ((centre - extent) / tile_size).floor().long()
-    hi = ((centre + extent) / tile_size).floor().long()
-    lo[:, 0].clamp_(0, tiles_x - 1)
-    lo[:, 1].clamp_(0, tiles_y - 1)
-    hi[:, 0].clamp_(0, tiles_x - 1)
-    hi[:, 1].clamp_(0, tiles_y - 1)
+    lo = ((centre - extent) / tile_size).floor().int()
+    hi = ((centre + extent) / tile_size).floor().int()
+    limit = torch.tensor([tiles_x - 1, tiles_y - 1], dtype=torch.int32, device=entry.device)
+    lo = lo.clamp_min(0).minimum(limit)
+    hi = hi.clamp_min(0).minimum(limit)
     span = hi - lo + 1
     counts = span[:, 0] * span[:, 1]
 
     pair_entry = torch.repeat_interleave(torch.arange(len(entry), device=entry.device), counts)
-    first = torch.cumsum(counts, 0) - counts
-    offset = torch.arange(len(pair_entry), device=entry.device) - first[pair_entry]
+    first = torch.cumsum(counts, 0, dtype=torch.int64) - counts
+    offset = (torch.arange(len(pair_entry), device=entry.device) - first[pair_entry]).int()
     span_x = span[pair_entry, 0]
     tile_x = lo[pair_entry, 0] + offset % span_x
     tile_y = lo[pair_entry, 1] + offset // span_x
-    view = entry[pair_entry] // num_gaussians
+    view = (entry // projection.visible.shape[1]).int()[pair_entry]
     tile = (view * tiles_y + tile_y) * tiles_x + tile_x
-
-    depth_rank = torch.empty_like(entry)
-    depth_rank[projection.depths.flatten()[entry].argsort()] = torch.arange(len(entry), device=entry.device)
-    key = tile * len(entry) + depth_rank[pair_entry]
-    order = key.argsort()
-    sorted_tiles = tile[order]
+    sorted_tiles, order = torch.sort(tile, stable=True)
 
     num_tiles = num_views * tiles_y * tiles_x
-    ends = torch.searchsorted(sorted_tiles, torch.arange(1, num_tiles + 1, device=entry.device))
+    ends = torch.searchsorted(sorted_tiles, torch.arange(1, num_tiles + 1, dtype=torch.int32, device=entry.device))
     starts = torch.cat([ends.new_zeros(1), ends[:-1]])
     return TileBins(entry[pair_entry[order]], torch.stack([starts, ends], 1), tiles_x, tiles_y)
 
