@@ -47,7 +47,7 @@ def histogram_mean_ms(histogram) -> float | None:
 @pytest.mark.parametrize("sessions", [1, 2, 4, 8, 16, 32, 64])
 def test_concurrent_720p60_sessions(benchmark, sessions):
     async def run() -> dict:
-        config = ServerConfig(fps=60, width=1280, height=720, max_sessions=sessions, idle_timeout=60)
+        config = ServerConfig(fps=60, width=1280, height=720, max_sessions=sessions, sessions_per_address=sessions, idle_timeout=60)
         async with TestServer(create_app({"sample": load_asset(sample_avatar_path())}, config), host="127.0.0.1") as server:
             srv = server.app[SERVER_KEY]
             url = str(server.make_url("")).rstrip("/")

@@ -7,10 +7,14 @@ encoding run on worker threads so the event loop stays free for RTP, RTCP and po
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
@@ -18,9 +22,14 @@ from aiortc.sdp import SessionDescription
 
 from ..engine.gaussians import GaussianCloud
 from ..kernels.cameras import Views, frame_bounds, intrinsics_from_fov, orbit_camera, single_view
+from .api import AvatarAPI
+from .auth import Authority, AuthError
+from .avatar_store import AvatarStore
 from .feedback import forward_feedback
 from .frames import FrameRenderer
+from .jobs import Reconstruct, ReconstructionQueue
 from .metrics import StreamMetrics
+from .openapi import openapi_spec
 from .protocol import SizeLimits
 from .render_loop import RenderLoop
 from .session import Session, SessionLimitError, SessionManager
@@ -50,6 +59,16 @@ class ServerConfig:
     background: tuple[float, float, float] = (0.08, 0.08, 0.1)
     ice_servers: list[str] = field(default_factory=list)
     """STUN/TURN URLs. Empty by default: aiortc would otherwise ask a public STUN server."""
+    store_dir: str | None = None
+    """Where uploaded and reconstructed avatars live; None: a temporary folder for this run."""
+    api_key: str | None = None
+    """Turns security on: management calls need it, viewers need tokens minted with it."""
+    max_upload_bytes: int = 64 * 2**20
+    max_image_pixels: int = 40_000_000
+    max_gaussians: int = 2_000_000
+    max_pending_jobs: int = 8
+    sessions_per_token: int = 2
+    sessions_per_address: int = 8
 
 
 @dataclass(frozen=True)
@@ -91,7 +110,15 @@ def preferred_video_codecs():
 
 
 class StreamingServer:
-    def __init__(self, avatars: dict[str, GaussianCloud], config: ServerConfig, default_avatar: str | None = None) -> None:
+    def __init__(
+        self,
+        avatars: dict[str, GaussianCloud],
+        config: ServerConfig,
+        default_avatar: str | None = None,
+        reconstruct: Reconstruct | None = None,
+    ) -> None:
+        """``avatars`` are served as given; more come from the store (uploads, reconstructions).
+        ``reconstruct`` turns an uploaded photo into an avatar (default: the engine's pipeline)."""
         if not avatars:
             raise ValueError("the server needs at least one avatar")
         self.config = config
@@ -101,12 +128,35 @@ class StreamingServer:
             # Compile and cache now, not on some viewer's first frame.
             avatar.renderer.render(avatar.default_views(config.width, config.height))
         self.default_avatar = default_avatar or next(iter(self.avatars))
-        self.sessions = SessionManager(config.max_sessions, config.idle_timeout)
+        self.sessions = SessionManager(config.max_sessions, config.idle_timeout, config.sessions_per_token, config.sessions_per_address)
         self.metrics = StreamMetrics(lambda: ((sid, s.track) for sid, s in self.sessions.sessions.items()))
         self.render_loop = RenderLoop(self.metrics)
+        self._scratch = None if config.store_dir else tempfile.TemporaryDirectory(prefix="splatcast-avatars-")
+        self.store = AvatarStore(config.store_dir or self._scratch.name, config.max_gaussians)
+        self.authority = Authority(config.api_key)
+        self.jobs = ReconstructionQueue(self.store, reconstruct or default_reconstruct, self._add_avatar, config.max_pending_jobs)
+        self.api = AvatarAPI(self.store, self.jobs, self.authority, config.max_image_pixels, self._add_avatar, self._forget_avatar)
+
+    def _add_avatar(self, avatar_id: str, cloud: GaussianCloud) -> None:
+        self.avatars[avatar_id] = Avatar.from_cloud(avatar_id, cloud, self.config.background)
+
+    async def _forget_avatar(self, avatar_id: str) -> None:
+        """An avatar is being deleted: end its sessions and drop it from memory."""
+        for session in list(self.sessions.sessions.values()):
+            if session.avatar_id == avatar_id:
+                await self.sessions.close(session.id, "avatar deleted")
+        self.avatars.pop(avatar_id, None)
+
+    async def _startup(self, _app: web.Application) -> None:
+        ready, requeue = await asyncio.get_running_loop().run_in_executor(None, self.store.recover)
+        for record in ready:
+            self._add_avatar(record.id, self.store.load(record.id))
+        for record in requeue:
+            self.jobs.submit(record)
+        logger.info("avatar store %s: %d ready, %d jobs resumed", self.store.root, len(ready), len(requeue))
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_SDP_BYTES * 2)
+        app = web.Application(client_max_size=self.config.max_upload_bytes)
         web_root = resources.files("splatcast.streaming") / "web"
         async def serve_index(_request: web.Request) -> web.FileResponse:
             return web.FileResponse(str(web_root / "index.html"))
@@ -117,6 +167,9 @@ class StreamingServer:
         app.router.add_get("/scene", self.scene)
         app.router.add_post("/offer", self.offer)
         app.router.add_get("/metrics", self.prometheus)
+        app.router.add_get("/openapi.json", self.openapi)
+        self.api.register(app)
+        app.on_startup.append(self._startup)
         app.on_shutdown.append(self._shutdown)
         app[SERVER_KEY] = self
         return app
@@ -124,6 +177,9 @@ class StreamingServer:
     async def _shutdown(self, _app: web.Application) -> None:
         await self.sessions.close_all()
         self.render_loop.shutdown()
+        self.jobs.shutdown()
+        if self._scratch is not None:
+            self._scratch.cleanup()
 
     def _avatar(self, avatar_id: str | None) -> Avatar:
         avatar = self.avatars.get(avatar_id or self.default_avatar)
@@ -133,6 +189,9 @@ class StreamingServer:
 
     async def healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "sessions": len(self.sessions), "max_sessions": self.config.max_sessions})
+
+    async def openapi(self, _request: web.Request) -> web.Response:
+        return web.json_response(openapi_spec())
 
     async def prometheus(self, _request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": self.metrics.content_type})
@@ -158,9 +217,14 @@ class StreamingServer:
             return error_response(400, "avatar must be a string id")
         avatar = self._avatar(avatar_id)
         try:
-            self.sessions.reserve()
+            viewer = self.authority.check_viewer(body.get("token"), avatar.id)
+        except AuthError as error:
+            return error_response(error.status, str(error))
+        token_id = viewer.token_id if viewer is not None else None
+        try:
+            self.sessions.reserve(token_id, request.remote)
         except SessionLimitError as error:
-            return error_response(503, str(error))
+            return error_response(error.status, str(error))
 
         ice = [RTCIceServer(url) for url in self.config.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
@@ -179,18 +243,30 @@ class StreamingServer:
             await pc.close()
             return error_response(400, f"bad SDP offer: {error}")
 
-        session = Session(pc, track, avatar.id, self.limits, self.metrics)
+        session = Session(pc, track, avatar.id, self.limits, self.metrics, token_id=token_id, address=request.remote)
         track.on_frame = session.on_frame
         pc.on("datachannel", lambda channel: session.attach_channel(channel) if channel.label == "pose" else None)
         try:
             self.sessions.add(session)
         except SessionLimitError as error:  # another offer took the last slot meanwhile
             await pc.close()
-            return error_response(503, str(error))
+            return error_response(error.status, str(error))
         self.render_loop.add(track, avatar.renderer)
         logger.info("session %s: avatar %s, codec %s", session.id, avatar.id, track.codec_mime)
         return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session": session.id})
 
 
-def create_app(avatars: dict[str, GaussianCloud], config: ServerConfig | None = None, default_avatar: str | None = None) -> web.Application:
-    return StreamingServer(avatars, config or ServerConfig(), default_avatar).app()
+def default_reconstruct(photo: Path, report: Callable[[str], None]) -> GaussianCloud:
+    """The engine's photo -> avatar pipeline (the weight-free one unless checkpoints are set)."""
+    from ..engine.pipeline import reconstruct_photo
+
+    return reconstruct_photo(photo, progress=report)
+
+
+def create_app(
+    avatars: dict[str, GaussianCloud],
+    config: ServerConfig | None = None,
+    default_avatar: str | None = None,
+    reconstruct: Reconstruct | None = None,
+) -> web.Application:
+    return StreamingServer(avatars, config or ServerConfig(), default_avatar, reconstruct).app()

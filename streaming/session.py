@@ -29,6 +29,8 @@ class Session:
     avatar_id: str
     limits: SizeLimits
     metrics: StreamMetrics
+    token_id: str | None = None
+    address: str | None = None
     id: str = field(default_factory=lambda: secrets.token_urlsafe(9))
     last_activity: float = field(default_factory=time.monotonic)
     channel: RTCDataChannel | None = None
@@ -88,12 +90,18 @@ class Session:
 
 
 class SessionLimitError(RuntimeError):
-    """The server already streams to as many sessions as it is configured for."""
+    """No more sessions: for the server (503), or for this token or client address (429)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class SessionManager:
-    def __init__(self, max_sessions: int, idle_timeout: float) -> None:
+    def __init__(self, max_sessions: int, idle_timeout: float, per_token: int = 2, per_address: int = 8) -> None:
         self.max_sessions = max_sessions
+        self.per_token = per_token
+        self.per_address = per_address
         self.idle_timeout = idle_timeout
         self.sessions: dict[str, Session] = {}
         self._reaper: asyncio.Task | None = None
@@ -101,13 +109,17 @@ class SessionManager:
     def __len__(self) -> int:
         return len(self.sessions)
 
-    def reserve(self) -> None:
-        """Raise ``SessionLimitError`` if no session can be added."""
+    def reserve(self, token_id: str | None = None, address: str | None = None) -> None:
+        """Raise ``SessionLimitError`` if no session can be added for this token and address."""
         if len(self.sessions) >= self.max_sessions:
-            raise SessionLimitError(f"server is at its limit of {self.max_sessions} sessions; try again later")
+            raise SessionLimitError(503, f"server is at its limit of {self.max_sessions} sessions; try again later")
+        if token_id is not None and sum(s.token_id == token_id for s in self.sessions.values()) >= self.per_token:
+            raise SessionLimitError(429, f"this token already has {self.per_token} sessions")
+        if address is not None and sum(s.address == address for s in self.sessions.values()) >= self.per_address:
+            raise SessionLimitError(429, f"this address already has {self.per_address} sessions")
 
     def add(self, session: Session) -> None:
-        self.reserve()
+        self.reserve(session.token_id, session.address)
         self.sessions[session.id] = session
 
         @session.pc.on("connectionstatechange")

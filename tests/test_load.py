@@ -40,13 +40,8 @@ async def test_eight_sessions_stream_and_a_killed_client_is_freed_while_the_othe
     )
     try:
         await asyncio.gather(*(v.connect(url) for v in viewers))
-        assert await wait_for(lambda: len(srv.sessions) == 8, 30.0), "the subprocess viewer never connected"
-        tracks = {sid: s.track for sid, s in srv.sessions.sessions.items()}
-        assert await wait_for(lambda: all(t.frames_sent >= 10 for t in tracks.values()), 30.0)
-        for v in viewers:  # each in-process viewer decodes frames
-            assert (await asyncio.wait_for(v.track.recv(), 10)).width == WIDTH
 
-        # The in-process viewers keep their sessions alive with poses; the other one is killed.
+        # The in-process viewers keep their sessions alive with poses, as the web client does.
         async def keep_alive():
             for seq in range(1, 10_000):
                 for v in viewers:
@@ -54,6 +49,13 @@ async def test_eight_sessions_stream_and_a_killed_client_is_freed_while_the_othe
                 await asyncio.sleep(0.2)
 
         alive = asyncio.create_task(keep_alive())
+        assert await wait_for(lambda: len(srv.sessions) == 8, 30.0), "the subprocess viewer never connected"
+        tracks = {sid: s.track for sid, s in srv.sessions.sessions.items()}
+        assert await wait_for(lambda: all(t.frames_sent >= 10 for t in tracks.values()), 30.0)
+        for v in viewers:  # each in-process viewer decodes frames
+            assert (await asyncio.wait_for(v.track.recv(), 10)).width == WIDTH
+
+        # The other one dies without a word.
         os.kill(killed.pid, signal.SIGKILL)
         await killed.wait()
         mine = {v.session_id for v in viewers}
