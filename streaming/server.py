@@ -94,6 +94,17 @@ def error_response(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+@web.middleware
+async def json_errors(request: web.Request, handler) -> web.StreamResponse:
+    """Every error leaves as ``{"error": message}``, aiohttp's own (404, 405, 413 ...) included."""
+    try:
+        return await handler(request)
+    except web.HTTPException as error:
+        if error.status < 400 or error.content_type == "application/json":
+            raise
+        return error_response(error.status, error.text or error.reason)
+
+
 def negotiated_video_codec(sdp: str) -> str | None:
     """The mime type of the first video codec of an answer: the one its sender will use."""
     for media in SessionDescription.parse(sdp).media:
@@ -156,7 +167,7 @@ class StreamingServer:
         logger.info("avatar store %s: %d ready, %d jobs resumed", self.store.root, len(ready), len(requeue))
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.max_upload_bytes)
+        app = web.Application(client_max_size=self.config.max_upload_bytes, middlewares=[json_errors])
         web_root = resources.files("splatcast.streaming") / "web"
         async def serve_index(_request: web.Request) -> web.FileResponse:
             return web.FileResponse(str(web_root / "index.html"))

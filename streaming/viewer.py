@@ -81,11 +81,13 @@ class Viewer:
         while len(self.frame_messages) > MESSAGE_MEMORY:
             self.frame_messages.popitem(last=False)
 
-    async def connect(self, base_url: str, avatar: str | None = None) -> None:
+    async def connect(self, base_url: str, avatar: str | None = None, token: str | None = None) -> None:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
         if avatar is not None:
             body["avatar"] = avatar
+        if token is not None:
+            body["token"] = token
         async with aiohttp.ClientSession() as http, http.post(f"{base_url}/offer", json=body) as response:
             answer = await response.json()
             if response.status != 200:
