@@ -1,0 +1,224 @@
+// Torch bindings: check shapes and dtypes, take raw pointers, launch on the current stream.
+// Every buffer is owned by the caller (cuda_rasterizer.py), so a frame allocates nothing.
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/extension.h>
+
+#include "rasterizer.h"
+
+namespace splatcast {
+
+namespace {
+
+void check_cuda(cudaError_t error, const char* stage) {
+    TORCH_CHECK(error == cudaSuccess, "splatcast ", stage, ": ", cudaGetErrorString(error));
+}
+
+void check_buffer(const torch::Tensor& t, torch::ScalarType dtype, int64_t min_numel, const char* name) {
+    TORCH_CHECK(t.is_cuda() && t.is_contiguous(), name, " must be a contiguous CUDA tensor");
+    TORCH_CHECK(t.scalar_type() == dtype, name, " has dtype ", t.scalar_type(), ", expected ", dtype);
+    TORCH_CHECK(t.numel() >= min_numel, name, " holds ", t.numel(), " elements, needs ", min_numel);
+}
+
+template <typename T>
+T* ptr(const torch::Tensor& t) {
+    return reinterpret_cast<T*>(t.data_ptr());
+}
+
+cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+void preprocess(const torch::Tensor& means_opacity, const torch::Tensor& shape, const torch::Tensor& sh, int64_t sh_degree,
+                const torch::Tensor& views, int64_t width, int64_t height, const torch::Tensor& splat_a,
+                const torch::Tensor& splat_b, const torch::Tensor& footprint, const torch::Tensor& depth_keys,
+                const torch::Tensor& entry_ids, const torch::Tensor& tile_counts) {
+    const c10::cuda::CUDAGuard guard(means_opacity.device());
+    const int64_t n = means_opacity.size(0), v = views.size(0), entries = n * v;
+    check_buffer(means_opacity, torch::kFloat32, 4 * n, "means_opacity");
+    TORCH_CHECK(shape.scalar_type() == sh.scalar_type(), "shape and sh must share a storage dtype");
+    const bool half = shape.scalar_type() == torch::kFloat16;
+    check_buffer(shape, half ? torch::kFloat16 : torch::kFloat32, 8 * n, "shape");
+    TORCH_CHECK(sh.dim() == 2 && sh.size(0) == n, "sh must be (N, stride)");
+    check_buffer(sh, shape.scalar_type(), 0, "sh");
+    TORCH_CHECK(sh.size(1) >= 3 * (sh_degree + 1) * (sh_degree + 1), "sh rows too short for degree ", sh_degree);
+    check_buffer(views, torch::kFloat32, v * 20, "views");
+    check_buffer(splat_a, torch::kFloat32, 4 * entries, "splat_a");
+    check_buffer(splat_b, torch::kFloat32, 4 * entries, "splat_b");
+    check_buffer(footprint, torch::kFloat32, 4 * entries, "footprint");
+    check_buffer(depth_keys, torch::kInt32, entries, "depth_keys");
+    check_buffer(entry_ids, torch::kInt32, entries, "entry_ids");
+    check_buffer(tile_counts, torch::kInt32, entries, "tile_counts");
+    PreprocessArgs args{};
+    args.num_gaussians = static_cast<int>(n);
+    args.num_views = static_cast<int>(v);
+    args.width = static_cast<int>(width);
+    args.height = static_cast<int>(height);
+    args.sh_degree = static_cast<int>(sh_degree);
+    args.sh_stride = static_cast<int>(sh.size(1));
+    args.half_storage = half;
+    args.means_opacity = ptr<const float4>(means_opacity);
+    args.shape = shape.data_ptr();
+    args.sh = sh.data_ptr();
+    args.views = ptr<const ViewParams>(views);
+    args.splat_a = ptr<float4>(splat_a);
+    args.splat_b = ptr<float4>(splat_b);
+    args.footprint = ptr<float4>(footprint);
+    args.depth_keys = ptr<uint32_t>(depth_keys);
+    args.entry_ids = ptr<uint32_t>(entry_ids);
+    args.tile_counts = ptr<uint32_t>(tile_counts);
+    check_cuda(launch_preprocess(args, stream()), "preprocess");
+}
+
+int64_t sort_temp_bytes(int64_t num_entries, int64_t num_pairs, int64_t pair_bits) {
+    size_t depth = 0, scan = 0, pairs = 0;
+    check_cuda(depth_sort(nullptr, &depth, nullptr, nullptr, nullptr, nullptr, num_entries, 0), "depth sort size");
+    check_cuda(inclusive_sum(nullptr, &scan, nullptr, nullptr, num_entries, 0), "scan size");
+    check_cuda(pair_sort(nullptr, &pairs, nullptr, nullptr, nullptr, nullptr, num_pairs, static_cast<int>(pair_bits), 0),
+               "pair sort size");
+    return static_cast<int64_t>(std::max({depth, scan, pairs}));
+}
+
+void sort_depths(const torch::Tensor& temp, const torch::Tensor& keys_in, const torch::Tensor& entries_in,
+                 const torch::Tensor& keys_out, const torch::Tensor& entries_out, int64_t n) {
+    const c10::cuda::CUDAGuard guard(temp.device());
+    for (const auto* t : {&keys_in, &entries_in, &keys_out, &entries_out}) check_buffer(*t, torch::kInt32, n, "depth sort buffer");
+    check_buffer(temp, torch::kUInt8, 0, "temp");
+    if (n == 0) return;
+    size_t bytes = temp.numel();
+    check_cuda(depth_sort(temp.data_ptr(), &bytes, ptr<const uint32_t>(keys_in), ptr<uint32_t>(keys_out),
+                          ptr<const uint32_t>(entries_in), ptr<uint32_t>(entries_out), n, stream()),
+               "depth sort");
+}
+
+void scan_tile_counts(const torch::Tensor& temp, const torch::Tensor& entries_sorted, const torch::Tensor& tile_counts,
+                      const torch::Tensor& counts_sorted, const torch::Tensor& ends, int64_t n) {
+    const c10::cuda::CUDAGuard guard(temp.device());
+    check_buffer(entries_sorted, torch::kInt32, n, "entries_sorted");
+    check_buffer(tile_counts, torch::kInt32, n, "tile_counts");
+    check_buffer(counts_sorted, torch::kInt64, n, "counts_sorted");
+    check_buffer(ends, torch::kInt64, n, "ends");
+    check_buffer(temp, torch::kUInt8, 0, "temp");
+    check_cuda(launch_gather_counts(n, ptr<const uint32_t>(entries_sorted), ptr<const uint32_t>(tile_counts),
+                                    ptr<int64_t>(counts_sorted), stream()),
+               "gather counts");
+    if (n == 0) return;
+    size_t bytes = temp.numel();
+    check_cuda(inclusive_sum(temp.data_ptr(), &bytes, ptr<const int64_t>(counts_sorted), ptr<int64_t>(ends), n, stream()),
+               "scan");
+}
+
+void emit_pairs(const torch::Tensor& entries_sorted, const torch::Tensor& ends, const torch::Tensor& tile_counts,
+                const torch::Tensor& splat_a, const torch::Tensor& footprint, int64_t num_entries, int64_t num_gaussians,
+                int64_t width, int64_t height, int64_t base, int64_t capacity, const torch::Tensor& pair_keys,
+                const torch::Tensor& pair_values) {
+    const c10::cuda::CUDAGuard guard(ends.device());
+    check_buffer(entries_sorted, torch::kInt32, num_entries, "entries_sorted");
+    check_buffer(ends, torch::kInt64, num_entries, "ends");
+    check_buffer(tile_counts, torch::kInt32, num_entries, "tile_counts");
+    check_buffer(splat_a, torch::kFloat32, 4 * num_entries, "splat_a");
+    check_buffer(footprint, torch::kFloat32, 4 * num_entries, "footprint");
+    check_buffer(pair_keys, torch::kInt32, capacity, "pair_keys");
+    check_buffer(pair_values, torch::kInt32, capacity, "pair_values");
+    EmitArgs args{};
+    args.num_entries = num_entries;
+    args.num_gaussians = static_cast<int>(num_gaussians);
+    args.width = static_cast<int>(width);
+    args.height = static_cast<int>(height);
+    args.entries_sorted = ptr<const uint32_t>(entries_sorted);
+    args.ends = ptr<const int64_t>(ends);
+    args.tile_counts = ptr<const uint32_t>(tile_counts);
+    args.splat_a = ptr<const float4>(splat_a);
+    args.footprint = ptr<const float4>(footprint);
+    args.base = base;
+    args.capacity = capacity;
+    args.pair_keys = ptr<uint32_t>(pair_keys);
+    args.pair_values = ptr<uint32_t>(pair_values);
+    check_cuda(launch_emit_pairs(args, stream()), "emit pairs");
+}
+
+void sort_pairs(const torch::Tensor& temp, const torch::Tensor& keys_in, const torch::Tensor& values_in,
+                const torch::Tensor& keys_out, const torch::Tensor& values_out, int64_t n, int64_t key_bits) {
+    const c10::cuda::CUDAGuard guard(temp.device());
+    for (const auto* t : {&keys_in, &values_in, &keys_out, &values_out}) check_buffer(*t, torch::kInt32, n, "pair sort buffer");
+    check_buffer(temp, torch::kUInt8, 0, "temp");
+    if (n == 0) return;
+    size_t bytes = temp.numel();
+    check_cuda(pair_sort(temp.data_ptr(), &bytes, ptr<const uint32_t>(keys_in), ptr<uint32_t>(keys_out),
+                         ptr<const uint32_t>(values_in), ptr<uint32_t>(values_out), n, static_cast<int>(key_bits), stream()),
+               "pair sort");
+}
+
+void tile_ranges(const torch::Tensor& keys_sorted, int64_t n, const torch::Tensor& ranges) {
+    const c10::cuda::CUDAGuard guard(keys_sorted.device());
+    check_buffer(keys_sorted, torch::kInt32, n, "keys_sorted");
+    TORCH_CHECK(ranges.dim() == 2 && ranges.size(1) == 2, "ranges must be (tiles, 2)");
+    check_buffer(ranges, torch::kInt32, 0, "ranges");
+    check_cuda(launch_tile_ranges(n, static_cast<uint32_t>(ranges.size(0)), ptr<const uint32_t>(keys_sorted),
+                                  ptr<int2>(ranges), stream()),
+               "tile ranges");
+}
+
+void blend(const torch::Tensor& ranges, const torch::Tensor& values, const torch::Tensor& splat_a,
+           const torch::Tensor& splat_b, const torch::Tensor& background, int64_t num_views, int64_t width, int64_t height,
+           const torch::Tensor& image, const c10::optional<torch::Tensor>& state, bool resume, bool final) {
+    const c10::cuda::CUDAGuard guard(ranges.device());
+    const int64_t tiles = (width + TILE - 1) / TILE * ((height + TILE - 1) / TILE);
+    check_buffer(ranges, torch::kInt32, 2 * num_views * tiles, "ranges");
+    check_buffer(values, torch::kInt32, 0, "values");
+    check_buffer(splat_a, torch::kFloat32, 0, "splat_a");
+    check_buffer(splat_b, torch::kFloat32, 0, "splat_b");
+    check_buffer(background, torch::kFloat32, 3, "background");
+    check_buffer(image, torch::kUInt8, num_views * height * width * 3, "image");
+    TORCH_CHECK(final || state.has_value(), "a chunk that is not final needs a state buffer");
+    TORCH_CHECK(!resume || state.has_value(), "resuming needs a state buffer");
+    if (state) check_buffer(*state, torch::kFloat32, 4 * num_views * height * width, "state");
+    BlendArgs args{};
+    args.num_views = static_cast<int>(num_views);
+    args.width = static_cast<int>(width);
+    args.height = static_cast<int>(height);
+    args.ranges = ptr<const int2>(ranges);
+    args.values = ptr<const uint32_t>(values);
+    args.splat_a = ptr<const float4>(splat_a);
+    args.splat_b = ptr<const float4>(splat_b);
+    args.background = ptr<const float>(background);
+    args.image = ptr<uint8_t>(image);
+    args.state = state ? ptr<float4>(*state) : nullptr;
+    args.resume = resume;
+    args.final = final;
+    check_cuda(launch_blend(args, stream()), "blend");
+}
+
+void rgb_to_i420(const torch::Tensor& image, const torch::Tensor& layout, const torch::Tensor& out) {
+    const c10::cuda::CUDAGuard guard(image.device());
+    TORCH_CHECK(image.dim() == 4 && image.size(3) == 3, "image must be (V, H, W, 3)");
+    check_buffer(image, torch::kUInt8, 0, "image");
+    const int64_t v = image.size(0), h = image.size(1), w = image.size(2);
+    TORCH_CHECK(h % 2 == 0 && w % 2 == 0, "I420 needs even view sizes, got ", w, "x", h);
+    check_buffer(layout, torch::kInt64, 3 * v, "layout");
+    check_buffer(out, torch::kUInt8, v * h * w * 3 / 2, "out");
+    I420Args args{};
+    args.num_views = static_cast<int>(v);
+    args.width = static_cast<int>(w);
+    args.height = static_cast<int>(h);
+    args.image = ptr<const uint8_t>(image);
+    args.layout = ptr<const int64_t>(layout);
+    args.out = ptr<uint8_t>(out);
+    check_cuda(launch_rgb_to_i420(args, stream()), "rgb to i420");
+}
+
+}  // namespace
+
+}  // namespace splatcast
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+    using namespace splatcast;
+    m.attr("TILE") = TILE;
+    m.def("preprocess", &preprocess);
+    m.def("sort_temp_bytes", &sort_temp_bytes);
+    m.def("sort_depths", &sort_depths);
+    m.def("scan_tile_counts", &scan_tile_counts);
+    m.def("emit_pairs", &emit_pairs);
+    m.def("sort_pairs", &sort_pairs);
+    m.def("tile_ranges", &tile_ranges);
+    m.def("blend", &blend);
+    m.def("rgb_to_i420", &rgb_to_i420);
+}

@@ -1,0 +1,98 @@
+// Shared constants, layouts and the tile footprint of a splat.
+//
+// The semantics are those of kernels/reference.py (3DGS with gsplat's frustum guard); any change
+// there must be mirrored here. Raw pointers and cudaStream_t only: torch lives in bindings.cpp,
+// so these files also compile with a bare nvcc.
+#pragma once
+
+#include <cstdint>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+namespace splatcast {
+
+constexpr int TILE = 16;                 // pixels per tile side
+constexpr int BLOCK = TILE * TILE;       // threads per blending block, one per pixel
+constexpr float NEAR_PLANE = 0.01f;      // metres, camera-space z
+constexpr float LOW_PASS = 0.3f;         // px^2 added to the 2D covariance
+constexpr float ALPHA_MIN = 1.0f / 255.0f;
+constexpr float ALPHA_MAX = 0.99f;
+constexpr float TRANSMITTANCE_MIN = 1e-4f;
+constexpr float FRUSTUM_GUARD = 0.3f;    // Jacobian linearised up to 0.3 half-widths past the edge
+constexpr float FOOTPRINT_MARGIN = 1e-2f;  // px; tile bounds err on the side of one more tile
+constexpr uint32_t INVALID_KEY = 0xffffffffu;  // culled entries and unused pair slots sort last
+
+// One view: OpenCV world-to-camera rotation (row-major) and translation, pinhole intrinsics,
+// and the camera centre in world space (for the SH view direction). 20 floats.
+struct ViewParams {
+    float r[9];
+    float t[3];
+    float fx, fy, cx, cy;
+    float centre[3];
+    float pad;
+};
+
+// Per (view, Gaussian) entry, written by preprocess, read by emission and blending:
+//   splat_a   = (mean_x, mean_y, conic_a, conic_b)       pixels, 1/px^2
+//   splat_b   = (conic_c, opacity, half2(r, g), half2(b, 0))
+//   footprint = (cov_a, cov_b, cov_c, q_max): 2D covariance with the dilation, and the
+//               Mahalanobis radius^2 at which opacity * exp(-q/2) falls to 1/255.
+
+__host__ __device__ inline int tiles_along(int pixels) { return (pixels + TILE - 1) / TILE; }
+
+#ifdef __CUDACC__
+
+__device__ inline int clamp_tile(float t, int tiles) {
+    // float clamp first: the value can be far outside int range for splats far off-screen.
+    return static_cast<int>(fminf(fmaxf(t, -1.0f), static_cast<float>(tiles)));
+}
+
+// Tile rows [row_begin, row_end) whose pixel centres meet the ellipse's vertical extent.
+__device__ inline void footprint_rows(float my, float cov_c, float q, int tiles_y, int& row_begin, int& row_end) {
+    float half_y = sqrtf(q * cov_c) + FOOTPRINT_MARGIN;
+    // Row ty holds pixel centres y in [ty*T + 0.5, ty*T + T - 0.5].
+    row_begin = max(0, clamp_tile(ceilf((my - half_y - (TILE - 0.5f)) / TILE), tiles_y));
+    row_end = min(tiles_y, clamp_tile(floorf((my + half_y - 0.5f) / TILE), tiles_y) + 1);
+}
+
+// Tile columns [col_begin, col_end) of tile row ty met by the ellipse
+// {d : d^T cov^-1 d <= q} around (mx, my): the exact x-extent of the ellipse within the row's
+// band of pixel centres (AccuTile/SnugBox), widened by FOOTPRINT_MARGIN.
+__device__ inline void footprint_cols(
+    float mx, float my, float cov_a, float cov_b, float cov_c, float q, int ty, int tiles_x, int& col_begin, int& col_end) {
+    float half_y = sqrtf(q * cov_c);
+    float y0 = fmaxf(ty * TILE + 0.5f - my - FOOTPRINT_MARGIN, -half_y);
+    float y1 = fminf(ty * TILE + TILE - 0.5f - my + FOOTPRINT_MARGIN, half_y);
+    if (y0 > y1) {
+        col_begin = col_end = 0;
+        return;
+    }
+    // On the line dy the ellipse spans x = (b dy +- sqrt(det (q c - dy^2))) / c; its rightmost
+    // point (sqrt(q a), b sqrt(q / a)) and leftmost point mirror each other. The right edge is
+    // concave in dy and the left edge convex, so over [y0, y1] each extreme is either the
+    // ellipse's own or at the band end nearest to it.
+    float det = cov_a * cov_c - cov_b * cov_b;
+    float half_x = sqrtf(q * cov_a);
+    float dy_right = cov_b * sqrtf(q / cov_a);
+    float right, left;
+    if (dy_right >= y0 && dy_right <= y1) {
+        right = half_x;
+    } else {
+        float dy = fminf(fmaxf(dy_right, y0), y1);
+        right = (cov_b * dy + sqrtf(fmaxf(det * (q * cov_c - dy * dy), 0.0f))) / cov_c;
+    }
+    if (-dy_right >= y0 && -dy_right <= y1) {
+        left = -half_x;
+    } else {
+        float dy = fminf(fmaxf(-dy_right, y0), y1);
+        left = (cov_b * dy - sqrtf(fmaxf(det * (q * cov_c - dy * dy), 0.0f))) / cov_c;
+    }
+    // Column tx holds pixel centres x in [tx*T + 0.5, tx*T + T - 0.5].
+    col_begin = max(0, clamp_tile(ceilf((mx + left - FOOTPRINT_MARGIN - (TILE - 0.5f)) / TILE), tiles_x));
+    col_end = min(tiles_x, clamp_tile(floorf((mx + right + FOOTPRINT_MARGIN - 0.5f) / TILE), tiles_x) + 1);
+    if (col_end < col_begin) col_end = col_begin;
+}
+
+#endif  // __CUDACC__
+
+}  // namespace splatcast

@@ -1,0 +1,91 @@
+// Stage 2b: Gaussian/tile pairs in depth order, and each tile's range of the sorted pairs.
+//
+// Pair indices are 64-bit prefix sums: a batch may make more than 2^31 pairs (huge Gaussians
+// over many views). The caller renders such a batch in chunks of `capacity` pairs, each chunk a
+// contiguous range of the depth-ordered pair sequence, which keeps every tile's list in depth
+// order within and across chunks (see cuda_rasterizer.py).
+#include "rasterizer.h"
+
+namespace splatcast {
+
+namespace {
+
+__global__ void gather_counts_kernel(int64_t num_entries, const uint32_t* __restrict__ entries_sorted,
+                                     const uint32_t* __restrict__ tile_counts, int64_t* __restrict__ counts_sorted) {
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < num_entries) counts_sorted[i] = tile_counts[entries_sorted[i]];
+}
+
+__global__ void emit_pairs_kernel(EmitArgs args) {
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= args.num_entries) return;
+    const uint32_t entry = args.entries_sorted[i];
+    const uint32_t count = args.tile_counts[entry];
+    const int64_t end = args.ends[i];
+    const int64_t begin = end - count;
+    const int64_t window_end = args.base + args.capacity;
+    if (count == 0 || begin >= window_end || end <= args.base) return;
+
+    const int tiles_x = tiles_along(args.width), tiles_y = tiles_along(args.height);
+    const uint32_t view_key = (entry / args.num_gaussians) * static_cast<uint32_t>(tiles_x * tiles_y);
+    const float4 a = args.splat_a[entry];
+    const float4 f = args.footprint[entry];
+    const int64_t stop = min(end, window_end);
+
+    // The same footprint as preprocess counted; never more than `count` pairs are written, and
+    // slots left unwritten keep INVALID_KEY from the caller's fill.
+    int64_t k = begin;
+    int row_begin, row_end;
+    footprint_rows(a.y, f.z, f.w, tiles_y, row_begin, row_end);
+    for (int ty = row_begin; ty < row_end && k < stop; ++ty) {
+        int col_begin, col_end;
+        footprint_cols(a.x, a.y, f.x, f.y, f.z, f.w, ty, tiles_x, col_begin, col_end);
+        const int64_t row_pairs = col_end - col_begin;
+        if (k + row_pairs <= args.base) {
+            k += row_pairs;
+            continue;
+        }
+        for (int tx = col_begin; tx < col_end && k < stop; ++tx, ++k) {
+            if (k < args.base) continue;
+            args.pair_keys[k - args.base] = view_key + ty * tiles_x + tx;
+            args.pair_values[k - args.base] = entry;
+        }
+    }
+}
+
+__global__ void tile_ranges_kernel(int64_t num_pairs, uint32_t num_tile_keys, const uint32_t* __restrict__ keys,
+                                   int2* __restrict__ ranges) {
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= num_pairs) return;
+    const uint32_t key = keys[i];
+    if (key >= num_tile_keys) return;  // unused slots sort last
+    if (i == 0 || keys[i - 1] != key) ranges[key].x = static_cast<int>(i);
+    if (i == num_pairs - 1 || keys[i + 1] != key) ranges[key].y = static_cast<int>(i + 1);
+}
+
+inline unsigned blocks_for(int64_t n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
+
+}  // namespace
+
+cudaError_t launch_gather_counts(int64_t num_entries, const uint32_t* entries_sorted, const uint32_t* tile_counts,
+                                 int64_t* counts_sorted, cudaStream_t stream) {
+    if (num_entries == 0) return cudaSuccess;
+    gather_counts_kernel<<<blocks_for(num_entries, 256), 256, 0, stream>>>(num_entries, entries_sorted, tile_counts,
+                                                                          counts_sorted);
+    return cudaGetLastError();
+}
+
+cudaError_t launch_emit_pairs(const EmitArgs& args, cudaStream_t stream) {
+    if (args.num_entries == 0 || args.capacity == 0) return cudaSuccess;
+    emit_pairs_kernel<<<blocks_for(args.num_entries, 256), 256, 0, stream>>>(args);
+    return cudaGetLastError();
+}
+
+cudaError_t launch_tile_ranges(int64_t num_pairs, uint32_t num_tile_keys, const uint32_t* keys_sorted, int2* ranges,
+                               cudaStream_t stream) {
+    if (num_pairs == 0) return cudaSuccess;
+    tile_ranges_kernel<<<blocks_for(num_pairs, 256), 256, 0, stream>>>(num_pairs, num_tile_keys, keys_sorted, ranges);
+    return cudaGetLastError();
+}
+
+}  // namespace splatcast

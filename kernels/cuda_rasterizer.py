@@ -1,0 +1,459 @@
+"""The serving rasterizer: fused CUDA kernels (``csrc/``), many views per call, straight to the
+8-bit RGB and I420 planes the encoder takes. Forward only; the image is that of ``reference.render``.
+
+A frame is a fixed sequence of launches over buffers that only grow:
+
+1. ``preprocess``: every Gaussian projected into every view (EWA, 0.3 px dilation, SH colour,
+   the exact set of 16x16 tiles its opacity-aware ellipse meets).
+2. One radix sort of all (view, Gaussian) entries by depth, a scan of their tile counts, pairs
+   emitted in depth order, one stable radix sort of all pairs by (view | tile).
+3. ``blend``: one block per tile, splats staged in shared memory, early termination.
+4. ``rgb_to_i420``: each view written into its frame, views of a frame side by side.
+
+Since no launch depends on a value read back by the host, a whole frame is captured once per
+shape in a CUDA graph and replayed. The only read-back is the pair count, after the frame: a
+frame that made more pairs than its slots is rendered again with more slots (the graph is
+re-captured), and past ``max_pairs`` it is rendered in chunks of the depth-ordered pair sequence,
+carrying each pixel's colour and transmittance between chunks, so no Gaussian is ever dropped.
+
+Storage: positions, opacities and every per-view intermediate are float32. With
+``storage=torch.float16`` the rotations, scales and SH coefficients are stored in half precision
+(16 + 96 bytes per degree-3 Gaussian instead of 32 + 192): their relative rounding (5e-4) moves a
+splat's footprint and colour by well under one 8-bit level, while positions in half precision
+would move a splat 1 mm per metre from the origin, a pixel at 1080p and 2 m.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..engine.gaussians import GaussianCloud
+from .cameras import Views
+
+TILE_SIZE = 16
+_SOURCES = ("bindings.cpp", "preprocess.cu", "sort.cu", "intersect.cu", "blend.cu", "i420.cu")
+_MAX_ENTRIES = 2**31 - 1
+"""Entries (views x Gaussians) per call: entry ids are 32-bit."""
+_MAX_PLANS = 8
+_SHRINK_AFTER = 64
+"""Frames in a row using under a quarter of a plan's pair slots before the slots shrink."""
+
+_extension = None
+_extension_error: Exception | None = None
+_extension_lock = threading.Lock()
+
+
+class RasterizerUnavailable(RuntimeError):
+    """No CUDA device, or the kernels failed to build; the message says which."""
+
+
+def _load_extension():
+    """Build (ninja, once; cached by torch in ``TORCH_EXTENSIONS_DIR``) and import the kernels."""
+    global _extension, _extension_error
+    with _extension_lock:
+        if _extension is None and _extension_error is None:
+            try:
+                if not torch.cuda.is_available():
+                    raise RasterizerUnavailable("no CUDA device")
+                from torch.utils.cpp_extension import load
+
+                csrc = Path(__file__).with_name("csrc")
+                _extension = load(
+                    name="splatcast_rasterizer",
+                    sources=[str(csrc / name) for name in _SOURCES],
+                    extra_cflags=["-O3", "-std=c++17"],
+                    extra_cuda_cflags=["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"],
+                    verbose=os.environ.get("SPLATCAST_BUILD_VERBOSE") == "1",
+                )
+            except Exception as error:  # no compiler, no CUDA toolkit, a build error
+                _extension_error = error
+        if _extension is None:
+            raise RasterizerUnavailable(f"splatcast CUDA kernels unavailable: {_extension_error}") from _extension_error
+        return _extension
+
+
+def is_available() -> bool:
+    """True when a CUDA device is present and the kernels build and load (the first call builds)."""
+    try:
+        _load_extension()
+    except RasterizerUnavailable:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class PackedCloud:
+    """A cloud in the kernels' layout, on the device: (N, 4) float32 means and opacity; (N, 8)
+    quaternion wxyz, scale xyz and a pad; (N, stride) SH coefficients (K, 3) row-major, the
+    stride padded to 8 values so that rows stay 16-byte aligned."""
+
+    means_opacity: torch.Tensor
+    shape: torch.Tensor
+    sh: torch.Tensor
+    sh_degree: int
+
+    def __len__(self) -> int:
+        return self.means_opacity.shape[0]
+
+    @classmethod
+    def from_cloud(cls, cloud: GaussianCloud, storage: torch.dtype, device: torch.device) -> PackedCloud:
+        n, k = len(cloud), cloud.sh.shape[1]
+        means_opacity = torch.cat([cloud.means, cloud.opacities[:, None]], dim=1).to(device, torch.float32)
+        # Half precision tops out at 65504: a larger scale is a Gaussian over every pixel anyway.
+        scales = cloud.scales.clamp_max(torch.finfo(storage).max)
+        shape = torch.cat([cloud.quats, scales, cloud.scales.new_zeros(n, 1)], dim=1).to(device, storage)
+        stride = -(-3 * k // 8) * 8
+        sh = torch.zeros(n, stride, dtype=storage, device=device)
+        sh[:, : 3 * k] = cloud.sh.reshape(n, 3 * k).to(device, storage)
+        return cls(means_opacity.contiguous(), shape.contiguous(), sh, cloud.sh_degree)
+
+
+def view_parameters(views: Views) -> torch.Tensor:
+    """(V, 20) float32 rows of the kernels' ``ViewParams``: R (row-major), t, fx, fy, cx, cy,
+    camera centre, pad."""
+    w2c = views.world_to_camera.detach().to("cpu", torch.float32)
+    k = views.intrinsics.detach().to("cpu", torch.float32)
+    centres = views.camera_centres.detach().to("cpu", torch.float32)
+    return torch.cat(
+        [
+            w2c[:, :3, :3].reshape(-1, 9),
+            w2c[:, :3, 3],
+            torch.stack([k[:, 0, 0], k[:, 1, 1], k[:, 0, 2], k[:, 1, 2]], dim=1),
+            centres,
+            torch.zeros(len(views), 1),
+        ],
+        dim=1,
+    )
+
+
+def frame_layout(width: int, height: int, views_per_frame: list[int]) -> tuple[torch.Tensor, list[tuple[int, int]], int]:
+    """Where each view's I420 samples go: per view (frame byte offset, frame luma width, column),
+    per frame (byte offset, luma width), and the total bytes. Frames start 64-byte aligned."""
+    rows, frames, offset = [], [], 0
+    for count in views_per_frame:
+        frame_width = count * width
+        frames.append((offset, frame_width))
+        rows += [(offset, frame_width, i * width) for i in range(count)]
+        offset += -(-(frame_width * height * 3 // 2) // 64) * 64
+    return torch.tensor(rows, dtype=torch.int64), frames, offset
+
+
+@dataclass
+class _Plan:
+    """Everything static for one shape of call: inputs staged for the graph, outputs, the graph.
+    It holds the packed cloud whose pointers its graph captured."""
+
+    packed: PackedCloud
+    num_gaussians: int
+    num_views: int
+    width: int
+    height: int
+    inputs_host: torch.Tensor  # pinned: view parameters then background
+    inputs: torch.Tensor
+    image: torch.Tensor
+    ranges: torch.Tensor
+    pair_slots: int
+    i420: torch.Tensor | None = None
+    i420_host: torch.Tensor | None = None
+    layout: torch.Tensor | None = None
+    frames: list[tuple[int, int]] = field(default_factory=list)
+    graph: torch.cuda.CUDAGraph | None = None
+    underused: int = 0
+
+    @property
+    def views(self) -> torch.Tensor:
+        return self.inputs[: 20 * self.num_views]
+
+    @property
+    def background(self) -> torch.Tensor:
+        return self.inputs[20 * self.num_views : 20 * self.num_views + 3]
+
+    @property
+    def tiles_per_view(self) -> int:
+        return math.ceil(self.width / TILE_SIZE) * math.ceil(self.height / TILE_SIZE)
+
+    @property
+    def pair_key_bits(self) -> int:
+        # 2^bits > every tile key, so INVALID_KEY's low bits sort after all of them.
+        return (self.num_views * self.tiles_per_view).bit_length()
+
+
+class CudaRasterizer:
+    """Renders batches of views of one resolution with the CUDA kernels.
+
+    ``capacity`` is the number of Gaussians the work buffers are first sized for; they grow
+    when a call needs more (re-capturing graphs), as do the Gaussian/tile pair slots, up to
+    ``max_pairs`` per pass, past which a call is rendered in several passes. ``storage`` is
+    the dtype of rotations, scales and SH coefficients (float32 or float16, see module doc).
+    ``graphs`` replays one captured CUDA graph per call shape (off: plain launches).
+
+    Outputs live in buffers reused by the next call of the same shape: ``render`` returns a
+    copy; ``render_i420``'s host planes are valid until the next call.
+    """
+
+    def __init__(
+        self,
+        capacity: int = 1 << 18,
+        *,
+        storage: torch.dtype = torch.float16,
+        max_pairs: int = 1 << 28,
+        graphs: bool = True,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if storage not in (torch.float32, torch.float16):
+            raise ValueError(f"storage must be torch.float32 or torch.float16, got {storage}")
+        self._ext = _load_extension()
+        self.device = torch.device(device or "cuda")
+        if self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.storage = storage
+        self.max_pairs = int(max_pairs)
+        self.graphs = graphs
+        self._entry_capacity = 0
+        self._pair_capacity = 0
+        self._temp = torch.empty(0, dtype=torch.uint8, device=self.device)
+        self._reserve_entries(max(int(capacity), 1))
+        self._plans: OrderedDict[tuple, _Plan] = OrderedDict()
+        self._packed: tuple[GaussianCloud, tuple, PackedCloud] | None = None
+        self._total_host = torch.zeros(1, dtype=torch.int64, pin_memory=True)
+        self.passes = 0
+        """Passes of the last call: 1, or the number of chunks of a call past ``max_pairs``."""
+
+    # Buffers ---------------------------------------------------------------------------------
+
+    def _reserve_entries(self, entries: int) -> None:
+        if entries <= self._entry_capacity:
+            return
+        entries = max(entries, self._entry_capacity * 5 // 4)
+        f32 = dict(dtype=torch.float32, device=self.device)
+        i32 = dict(dtype=torch.int32, device=self.device)
+        i64 = dict(dtype=torch.int64, device=self.device)
+        self._splat_a = torch.empty(entries, 4, **f32)
+        self._splat_b = torch.empty(entries, 4, **f32)
+        self._footprint = torch.empty(entries, 4, **f32)
+        self._depth_keys = torch.empty(entries, **i32)
+        self._entry_ids = torch.empty(entries, **i32)
+        self._tile_counts = torch.empty(entries, **i32)
+        self._depth_keys_sorted = torch.empty(entries, **i32)
+        self._entries_sorted = torch.empty(entries, **i32)
+        self._counts_sorted = torch.empty(entries, **i64)
+        self._ends = torch.empty(entries, **i64)
+        self._entry_capacity = entries
+        self._invalidate_graphs()
+
+    def _reserve_pairs(self, pairs: int) -> None:
+        if pairs <= self._pair_capacity:
+            return
+        i32 = dict(dtype=torch.int32, device=self.device)
+        self._pair_keys = torch.empty(pairs, **i32)
+        self._pair_values = torch.empty(pairs, **i32)
+        self._pair_keys_sorted = torch.empty(pairs, **i32)
+        self._pair_values_sorted = torch.empty(pairs, **i32)
+        self._pair_capacity = pairs
+        self._invalidate_graphs()
+
+    def _reserve_temp(self, entries: int, pairs: int, key_bits: int) -> None:
+        needed = self._ext.sort_temp_bytes(entries, pairs, key_bits)
+        if needed > self._temp.numel():
+            self._temp = torch.empty(needed, dtype=torch.uint8, device=self.device)
+            self._invalidate_graphs()
+
+    def _invalidate_graphs(self) -> None:
+        for plan in getattr(self, "_plans", {}).values():
+            plan.graph = None
+
+    def _pack(self, cloud: GaussianCloud | PackedCloud) -> PackedCloud:
+        """The packed form of ``cloud``, cached while the same cloud object is passed unchanged."""
+        if isinstance(cloud, PackedCloud):
+            return cloud
+        versions = tuple((t.data_ptr(), t._version) for t in (cloud.means, cloud.quats, cloud.scales, cloud.opacities, cloud.sh))
+        if self._packed is not None and self._packed[0] is cloud and self._packed[1] == versions:
+            return self._packed[2]
+        packed = PackedCloud.from_cloud(cloud, self.storage, self.device)
+        self._packed = (cloud, versions, packed)
+        return packed
+
+    def _plan(self, packed: PackedCloud, views: Views, views_per_frame: list[int] | None) -> _Plan:
+        v, n = len(views), len(packed)
+        if v * n > _MAX_ENTRIES:
+            raise ValueError(f"{v} views x {n} Gaussians exceed {_MAX_ENTRIES} entries per call; split the batch")
+        key = (id(packed), n, v, views.width, views.height, tuple(views_per_frame) if views_per_frame else None)
+        plan = self._plans.get(key)
+        if plan is not None:
+            self._plans.move_to_end(key)
+            return plan
+        inputs_host = torch.zeros(20 * v + 4, dtype=torch.float32, pin_memory=True)
+        plan = _Plan(
+            packed=packed,
+            num_gaussians=n,
+            num_views=v,
+            width=views.width,
+            height=views.height,
+            inputs_host=inputs_host,
+            inputs=torch.zeros_like(inputs_host, device=self.device),
+            image=torch.empty(v, views.height, views.width, 3, dtype=torch.uint8, device=self.device),
+            ranges=torch.zeros(v * math.ceil(views.width / TILE_SIZE) * math.ceil(views.height / TILE_SIZE), 2, dtype=torch.int32, device=self.device),
+            pair_slots=max(4 * v * n, 1 << 16),
+        )
+        if views_per_frame is not None:
+            plan.layout, plan.frames, total = frame_layout(views.width, views.height, views_per_frame)
+            plan.layout = plan.layout.to(self.device)
+            plan.i420 = torch.empty(total, dtype=torch.uint8, device=self.device)
+            plan.i420_host = torch.empty(total, dtype=torch.uint8, pin_memory=True)
+        self._plans[key] = plan
+        while len(self._plans) > _MAX_PLANS:
+            self._plans.popitem(last=False)
+        return plan
+
+    # Launches --------------------------------------------------------------------------------
+
+    def _project_and_sort(self, packed: PackedCloud, plan: _Plan) -> None:
+        """Stages 1 and 2a: entries, their depth order and the prefix sums of their tile counts."""
+        ext, entries = self._ext, plan.num_views * plan.num_gaussians
+        ext.preprocess(
+            packed.means_opacity, packed.shape, packed.sh, packed.sh_degree, plan.views, plan.width, plan.height,
+            self._splat_a, self._splat_b, self._footprint, self._depth_keys, self._entry_ids, self._tile_counts,
+        )
+        ext.sort_depths(self._temp, self._depth_keys, self._entry_ids, self._depth_keys_sorted, self._entries_sorted, entries)
+        ext.scan_tile_counts(self._temp, self._entries_sorted, self._tile_counts, self._counts_sorted, self._ends, entries)
+
+    def _bin_and_blend(self, plan: _Plan, base: int, slots: int, state: torch.Tensor | None, resume: bool, final: bool) -> None:
+        """Stages 2b and 3 for the pairs [base, base + slots) of the depth-ordered sequence."""
+        ext, entries = self._ext, plan.num_views * plan.num_gaussians
+        keys = self._pair_keys[:slots]
+        keys.fill_(-1)  # INVALID_KEY: slots no pair fills sort last and belong to no tile
+        ext.emit_pairs(
+            self._entries_sorted, self._ends, self._tile_counts, self._splat_a, self._footprint, entries,
+            plan.num_gaussians, plan.width, plan.height, base, slots, keys, self._pair_values,
+        )
+        ext.sort_pairs(self._temp, keys, self._pair_values, self._pair_keys_sorted, self._pair_values_sorted, slots, plan.pair_key_bits)
+        plan.ranges.zero_()
+        ext.tile_ranges(self._pair_keys_sorted, slots, plan.ranges)
+        ext.blend(
+            plan.ranges, self._pair_values_sorted, self._splat_a, self._splat_b, plan.background, plan.num_views,
+            plan.width, plan.height, plan.image, state, resume, final,
+        )
+
+    def _frame(self, packed: PackedCloud, plan: _Plan) -> None:
+        """One whole single-pass frame: the sequence a graph captures."""
+        self._project_and_sort(packed, plan)
+        self._bin_and_blend(plan, 0, plan.pair_slots, None, False, True)
+        if plan.i420 is not None:
+            self._ext.rgb_to_i420(plan.image, plan.layout, plan.i420)
+
+    def _run(self, packed: PackedCloud, plan: _Plan) -> None:
+        entries = plan.num_views * plan.num_gaussians
+        self._reserve_entries(entries)
+        self._reserve_pairs(plan.pair_slots)
+        self._reserve_temp(entries, plan.pair_slots, plan.pair_key_bits)
+        if not self.graphs:
+            self._frame(packed, plan)
+            return
+        if plan.graph is None:
+            # Capture after an eager run on the same stream: lazy initialisation (cub's
+            # kernels, the caching allocator) must not happen inside the capture.
+            self._frame(packed, plan)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._frame(packed, plan)
+            plan.graph = graph
+        plan.graph.replay()
+
+    def _render(self, cloud: GaussianCloud | PackedCloud, views: Views, background, views_per_frame: list[int] | None) -> _Plan:
+        if not isinstance(views, Views):
+            raise TypeError(f"views must be a Views batch, got {type(views).__name__}")
+        packed = self._pack(cloud)
+        plan = self._plan(packed, views, views_per_frame)
+        with torch.cuda.device(self.device):
+            plan.inputs_host[: 20 * plan.num_views] = view_parameters(views).flatten()
+            plan.inputs_host[20 * plan.num_views : 20 * plan.num_views + 3] = torch.as_tensor(background, dtype=torch.float32).reshape(3)
+            plan.inputs.copy_(plan.inputs_host, non_blocking=True)
+            self.passes = 1
+            self._run(packed, plan)
+            total = self._pair_total(plan)
+            if total > plan.pair_slots:
+                if total <= self.max_pairs:
+                    plan.pair_slots = min(self.max_pairs, total * 5 // 4)
+                    plan.graph = None
+                    self._run(packed, plan)
+                else:
+                    self._render_in_chunks(plan, total)
+            elif total < plan.pair_slots // 4 and plan.pair_slots > 1 << 16:
+                plan.underused += 1
+                if plan.underused >= _SHRINK_AFTER:
+                    plan.pair_slots, plan.underused, plan.graph = max(total * 2, 1 << 16), 0, None
+            else:
+                plan.underused = 0
+        return plan
+
+    def _pair_total(self, plan: _Plan) -> int:
+        """Pairs the frame made (a synchronising read of one number)."""
+        entries = plan.num_views * plan.num_gaussians
+        if entries == 0:
+            return 0
+        self._total_host.copy_(self._ends[entries - 1 : entries], non_blocking=True)
+        torch.cuda.current_stream().synchronize()
+        return int(self._total_host[0])
+
+    def _render_in_chunks(self, plan: _Plan, total: int) -> None:
+        """A frame of more than ``max_pairs`` pairs: consecutive ranges of the depth-ordered pair
+        sequence, each pixel's colour and transmittance carried from one pass to the next. The
+        entries and prefix sums from the single-pass attempt are still in place."""
+        slots = self.max_pairs
+        self._reserve_pairs(slots)
+        self._reserve_temp(plan.num_views * plan.num_gaussians, slots, plan.pair_key_bits)
+        state = torch.empty(plan.num_views, plan.height, plan.width, 4, dtype=torch.float32, device=self.device)
+        bases = range(0, total, slots)
+        for i, base in enumerate(bases):
+            self._bin_and_blend(plan, base, slots, state, resume=i > 0, final=i == len(bases) - 1)
+        if plan.i420 is not None:
+            self._ext.rgb_to_i420(plan.image, plan.layout, plan.i420)
+        self.passes = len(bases)
+
+    # Public API ------------------------------------------------------------------------------
+
+    def render(
+        self,
+        cloud: GaussianCloud | PackedCloud,
+        views: Views,
+        background: tuple[float, float, float] | torch.Tensor = (0.0, 0.0, 0.0),
+    ) -> torch.Tensor:
+        """(V, H, W, 3) uint8 on the device: ``reference.to_uint8(reference.render(...))``."""
+        return self._render(cloud, views, background, None).image.clone()
+
+    def render_i420(
+        self,
+        cloud: GaussianCloud | PackedCloud,
+        views: Views,
+        background: tuple[float, float, float] | torch.Tensor = (0.0, 0.0, 0.0),
+        views_per_frame: list[int] | None = None,
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """One I420 frame (Y (H, g W), U and V (H/2, g W / 2) uint8, in pinned host memory) per
+        entry g of ``views_per_frame`` (default: all views in one frame), its views side by side.
+        View sizes must be even."""
+        counts = list(views_per_frame or [len(views)])
+        if sum(counts) != len(views) or min(counts, default=1) < 1:
+            raise ValueError(f"views_per_frame {counts} does not split {len(views)} views")
+        if views.width % 2 or views.height % 2:
+            raise ValueError(f"I420 needs even view sizes, got {views.width}x{views.height}")
+        plan = self._render(cloud, views, background, counts)
+        with torch.cuda.device(self.device):
+            plan.i420_host.copy_(plan.i420, non_blocking=True)
+            torch.cuda.current_stream().synchronize()
+        planes = []
+        h = plan.height
+        for offset, width in plan.frames:
+            y = plan.i420_host[offset : offset + width * h].view(h, width)
+            u_at = offset + width * h
+            chroma = (width // 2) * (h // 2)
+            u = plan.i420_host[u_at : u_at + chroma].view(h // 2, width // 2)
+            v = plan.i420_host[u_at + chroma : u_at + 2 * chroma].view(h // 2, width // 2)
+            planes.append((y, u, v))
+        return planes
