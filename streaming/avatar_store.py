@@ -167,6 +167,12 @@ class AvatarStore:
                     ready.append(record)
                 except (AssetError, OSError) as error:
                     self.fail(record, f"stored asset is unreadable: {error}")
+            elif record.status in ("queued", "running") and record.source.startswith("upload"):
+                try:  # an asset upload cut short: its source is whole, so finish it now
+                    self.finish(record, self.load_source(record))
+                    ready.append(record)
+                except (AssetError, OSError) as error:
+                    self.fail(record, f"interrupted upload is unreadable: {error}")
             elif record.status in ("queued", "running"):
                 if self.source_path(record).exists():
                     record.status, record.stage = "queued", None
