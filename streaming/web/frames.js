@@ -1,0 +1,86 @@
+// Bookkeeping of the server's frame messages: which pose each video frame shows, and how long
+// poses take to come back as frames.
+//
+// Each frame message names its pose (`seq`, and `t`: the client's clock when that pose was sent)
+// and its media timestamp `pts` (90 kHz ticks, the RTP timestamp less the stream's random origin).
+// A presented video frame carries its RTP timestamp (requestVideoFrameCallback metadata), so once
+// the origin is known each presented frame maps to its message and so to the pose it shows.
+
+const SMOOTHING = 0.1; // weight of the newest sample in the moving averages
+const MEMORY = 256; // frame messages kept for pairing: seconds of video at 60 fps
+const VOTES_TO_LOCK = 5; // presented frames agreeing on one RTP origin before it is trusted
+
+function smooth(average, sample) {
+  return average === null ? sample : average + SMOOTHING * (sample - average);
+}
+
+export class FrameLog {
+  constructor() {
+    this.messages = 0;
+    this.newestSeq = 0; // the newest pose the server has reported rendering
+    this.poseToMessageMs = null; // pose sent -> its first frame message received, smoothed
+    this.poseToPresentedMs = null; // pose sent -> its first frame presented on screen, smoothed
+    this.serverMs = { render: null, convert: null, encode: null };
+    this.presentedFrames = 0;
+    this._presentedAt = []; // presentation times of the last second's frames
+    this.presentedSeq = 0; // the pose shown by the newest presented frame (0: not paired yet)
+    this.rtpOrigin = null;
+    this._byPts = new Map();
+    this._votes = new Map();
+  }
+
+  // A frame message arrived at `now` (performance.now() ms).
+  onMessage(message, now) {
+    this.messages += 1;
+    this.serverMs.render = smooth(this.serverMs.render, message.render_ms);
+    this.serverMs.convert = smooth(this.serverMs.convert, message.convert_ms);
+    this.serverMs.encode = smooth(this.serverMs.encode, message.encode_ms);
+    if (message.seq > this.newestSeq) {
+      this.newestSeq = message.seq;
+      this.poseToMessageMs = smooth(this.poseToMessageMs, now - message.t);
+    }
+    if (Number.isInteger(message.pts)) {
+      this._byPts.set(message.pts, message);
+      if (this._byPts.size > MEMORY) this._byPts.delete(this._byPts.keys().next().value);
+    }
+  }
+
+  // A video frame was presented (requestVideoFrameCallback): `rtpTimestamp` from its metadata,
+  // `presentedAt` its presentation time (performance.now() ms). Returns its frame message or null.
+  onPresented(rtpTimestamp, presentedAt) {
+    this.presentedFrames += 1;
+    this._presentedAt.push(presentedAt);
+    while (this._presentedAt[0] < presentedAt - 1000) this._presentedAt.shift();
+    if (!Number.isInteger(rtpTimestamp)) return null;
+    if (this.rtpOrigin === null) this._vote(rtpTimestamp);
+    if (this.rtpOrigin === null) return null;
+    const message = this._byPts.get((rtpTimestamp - this.rtpOrigin) >>> 0);
+    if (!message) return null;
+    if (message.seq > this.presentedSeq) {
+      this.presentedSeq = message.seq;
+      this.poseToPresentedMs = smooth(this.poseToPresentedMs, presentedAt - message.t);
+    }
+    return message;
+  }
+
+  // Frames presented during the last second: the frame rate the viewer sees.
+  presentedFps(now) {
+    return this._presentedAt.filter((t) => t >= now - 1000).length;
+  }
+
+  // Each remembered message proposes an origin for this frame; the true one is proposed by every
+  // presented frame, a wrong one only by chance.
+  _vote(rtpTimestamp) {
+    if (this._votes.size > 8 * MEMORY) this._votes.clear(); // no agreement yet: start over
+    for (const pts of this._byPts.keys()) {
+      const origin = (rtpTimestamp - pts) >>> 0;
+      const votes = (this._votes.get(origin) ?? 0) + 1;
+      this._votes.set(origin, votes);
+      if (votes >= VOTES_TO_LOCK) {
+        this.rtpOrigin = origin;
+        this._votes.clear();
+        return;
+      }
+    }
+  }
+}

@@ -1,0 +1,36 @@
+// Small 4x4 matrix helpers in the OpenGL/WebXR conventions the pose protocol uses:
+// column-major arrays of 16 numbers (element (row r, column c) at index 4 * c + r), cameras with
+// x right, y up, looking down -z.
+
+export function subtract(a, b) {
+  return [a[0] - b[0], a[1] - b[1], a[2] - b[2]];
+}
+
+export function cross(a, b) {
+  return [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]];
+}
+
+export function normalize(a) {
+  const length = Math.hypot(a[0], a[1], a[2]);
+  return [a[0] / length, a[1] / length, a[2] / length];
+}
+
+// Camera-to-world of a camera at `eye` looking at `target`, with world `up` roughly up on screen.
+// (The inverse of the classic gluLookAt view matrix: columns are the camera's axes and position.)
+export function cameraToWorldLookAt(eye, target, up = [0, 1, 0]) {
+  const z = normalize(subtract(eye, target)); // the camera looks down its -z
+  const x = normalize(cross(up, z));
+  const y = cross(z, x);
+  return [...x, 0, ...y, 0, ...z, 0, ...eye, 1];
+}
+
+// OpenGL perspective projection (like gluPerspective) for a vertical field of view in degrees.
+export function perspective(verticalFovDeg, aspect, near, far) {
+  const f = 1 / Math.tan((verticalFovDeg * Math.PI) / 360);
+  return [
+    f / aspect, 0, 0, 0,
+    0, f, 0, 0,
+    0, 0, (far + near) / (near - far), -1,
+    0, 0, (2 * far * near) / (near - far), 0,
+  ];
+}

@@ -1,0 +1,81 @@
+"""Headless Chromium for the browser tests: Debian's ``chromium`` package driven by Playwright.
+
+No browser is ever downloaded: the Debian package is installed with apt when it is missing (only
+as root), and Playwright is pointed at it through ``executable_path`` (``playwright install`` is
+never run). Playwright gives each launch a fresh temporary profile (``--user-data-dir``) and runs
+it without the sandbox, which containers lack.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    # Offer real host addresses, not mDNS names the server would have to resolve.
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+]
+
+_install_failure: str | None = None
+
+
+def ensure_chromium() -> Path:
+    """The Chromium binary, installed with apt when missing; skips the test when it cannot be."""
+    global _install_failure
+    if CHROMIUM.exists():
+        return CHROMIUM
+    if _install_failure is None:
+        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+            _install_failure = f"{CHROMIUM} is missing and only root can install Debian's chromium (apt-get install chromium)"
+        else:
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+                done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+                if done.returncode != 0:
+                    _install_failure = f"`{' '.join(command)}` failed: {done.stderr.strip()[-500:]}"
+                    break
+            else:
+                if not CHROMIUM.exists():
+                    _install_failure = f"apt-get installed chromium but {CHROMIUM} is still missing"
+    if _install_failure is not None:
+        pytest.skip(_install_failure)
+    return CHROMIUM
+
+
+@dataclass
+class BrowserPage:
+    """A page and the JavaScript errors it raised or logged (a test fails on any)."""
+
+    page: object  # playwright.async_api.Page
+    errors: list[str] = field(default_factory=list)
+
+
+@asynccontextmanager
+async def chromium_page(width: int, height: int) -> AsyncIterator[BrowserPage]:
+    """A fresh headless Chromium with one page of ``width`` x ``height`` CSS pixels."""
+    playwright_api = pytest.importorskip("playwright.async_api", reason="the browser tests drive Chromium with playwright")
+    executable = ensure_chromium()
+    async with playwright_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(executable), headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = await browser.new_page(viewport={"width": width, "height": height}, device_scale_factor=1)
+            watched = BrowserPage(page)
+            page.on("pageerror", lambda error: watched.errors.append(f"uncaught: {error}"))
+            page.on("console", lambda message: watched.errors.append(f"console: {message.text}") if message.type == "error" else None)
+            yield watched
+        finally:
+            await browser.close()
