@@ -1,0 +1,202 @@
+"""Fitting a body model to one photo's person mask (and face, when one was found).
+
+The photo's camera is a pinhole with unknown focal length; ``default_intrinsics`` assumes a
+portrait lens (``DEFAULT_FOV_DEG`` across the longer side). The fit places the body in that
+camera, with a small global rotation, an overall scale near 1 and the two arm angles free, by
+minimising with Adam:
+
+- inside: projected vertices that land in the frame but off the mask (distance to the mask,
+  pixels). Past the frame edge the mask is taken to continue as it meets the edge, so a bust
+  cut off by the frame fits with the rest of the body running out of the picture;
+- cover: mask contour points far from every projected vertex (truncated: hair and loose clothes
+  stand off the body);
+- face: the head's projected centre and size against the detected face box (the only 2D
+  landmark available without downloaded weights: scikit-image ships an LBP face cascade, no
+  package ships body-keypoint weights that install cleanly here);
+- priors on rotation, scale and arm angles.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import roma
+import torch
+
+from ..segmentation import Segmentation
+from .body_model import BodyModel
+
+DEFAULT_FOV_DEG = 40.0
+"""Assumed field of view across the photo's longer side (a portrait lens, ~50 mm full-frame)."""
+FIT_SIDE = 256
+"""The mask is fitted at this size on its longer side (pixels)."""
+HEAD_WIDTH_PER_FACE = 1.05
+"""Projected head width (ear to ear) over the LBP face box width, measured on frontal faces."""
+
+COVER_STRIDE = 4
+"""Every this many vertices stand in for the mesh in the contour-cover term (its cost is contour x vertices)."""
+
+# Camera axes from body axes for a body facing the camera: OpenCV y down, z away from the camera.
+_FACING_CAMERA = torch.diag(torch.tensor([1.0, -1.0, -1.0]))
+
+
+@dataclass(frozen=True)
+class BodyFit:
+    """A body model posed in the photo's camera.
+
+    vertices (V, 3) metres in the photo's OpenCV camera frame; faces (F, 3); intrinsics (3, 3)
+    for the photo at ``width`` x ``height`` pixels; camera_to_body (4, 4) rigid transform from
+    that camera frame to the upright body frame (metres, y up, facing +z, soles on y = 0, pelvis
+    on the y axis); visible (V,) True for vertices that project inside the photo.
+    """
+
+    vertices: torch.Tensor
+    faces: torch.Tensor
+    intrinsics: torch.Tensor
+    width: int
+    height: int
+    camera_to_body: torch.Tensor
+    visible: torch.Tensor
+    model: str
+
+    def project(self, points: torch.Tensor | None = None) -> torch.Tensor:
+        """Pixel coordinates (N, 2) of camera-frame points (default: the vertices)."""
+        return _project(self.vertices if points is None else points, self.intrinsics)
+
+
+def default_intrinsics(width: int, height: int, fov_deg: float = DEFAULT_FOV_DEG) -> torch.Tensor:
+    """Square pixels, principal point at the centre, ``fov_deg`` across the longer side."""
+    focal = max(width, height) / (2 * math.tan(math.radians(fov_deg) / 2))
+    return torch.tensor([[focal, 0, width / 2], [0, focal, height / 2], [0, 0, 1]], dtype=torch.float32)
+
+
+def fit_body(
+    segmentation: Segmentation,
+    body_model: BodyModel | None = None,
+    intrinsics: torch.Tensor | None = None,
+    steps: int = 100,
+) -> BodyFit:
+    """Fit ``body_model`` (default: Anny) to a segmented photo; see the module docstring."""
+    if body_model is None:
+        from .anny_body import AnnyBody
+
+        body_model = AnnyBody()
+    height, width = segmentation.mask.shape
+    intrinsics = default_intrinsics(width, height) if intrinsics is None else intrinsics.float()
+    scale = min(1.0, FIT_SIDE / max(height, width))
+    fit_k = intrinsics.clone()
+    fit_k[:2] *= scale
+    mask = cv2.resize(segmentation.mask.astype(np.uint8), (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA) > 0
+    face = None if segmentation.face_box is None else torch.tensor(segmentation.face_box, dtype=torch.float32) * scale
+    targets = _Targets(mask, face)
+
+    rest = body_model.vertices(torch.tensor(body_model.arms_down))
+    translation0 = _initial_translation(rest, body_model, fit_k, targets)
+    translation = translation0.clone().requires_grad_(True)
+    rotvec = torch.zeros(3, requires_grad=True)
+    log_scale = torch.zeros(1, requires_grad=True)
+    arms = torch.tensor(body_model.arms_down, requires_grad=True)
+    optimiser = torch.optim.Adam(
+        [{"params": [translation], "lr": 0.01}, {"params": [rotvec, log_scale, arms], "lr": 0.02}]
+    )
+    for _ in range(steps):
+        optimiser.zero_grad()
+        points = _place(body_model.vertices(arms), rotvec, log_scale, translation)
+        loss = targets.loss(_project(points, fit_k), points, body_model)
+        loss = loss + 1.0 * rotvec.square().sum() + 4.0 * log_scale.square().sum()
+        loss = loss + 0.2 * (arms - torch.tensor(body_model.arms_down)).square().sum()
+        loss.backward()
+        optimiser.step()
+        with torch.no_grad():
+            translation[2].clamp_(min=0.2)
+
+    with torch.no_grad():
+        vertices = _place(body_model.vertices(arms), rotvec, log_scale, translation)
+        pixels = _project(vertices, intrinsics)
+        visible = (vertices[:, 2] > 0) & (pixels >= 0).all(1) & (pixels[:, 0] < width) & (pixels[:, 1] < height)
+        # body -> camera is x -> F R (s x) + t, so camera -> body undoes t, then F R, then s.
+        camera_to_body = torch.eye(4)
+        linear = (_FACING_CAMERA @ roma.rotvec_to_rotmat(rotvec)).T / log_scale.exp()
+        camera_to_body[:3, :3] = linear
+        camera_to_body[:3, 3] = -linear @ translation
+    return BodyFit(vertices, body_model.faces, intrinsics, width, height, camera_to_body, visible, body_model.name)
+
+
+def _place(vertices: torch.Tensor, rotvec: torch.Tensor, log_scale: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
+    """Body frame -> camera frame: scale, rotate about the soles' origin, turn to face the camera, move."""
+    rotation = _FACING_CAMERA @ roma.rotvec_to_rotmat(rotvec)
+    return (vertices * log_scale.exp()) @ rotation.T + translation
+
+
+def _project(points: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
+    z = points[:, 2:].clamp_min(1e-3)
+    return points[:, :2] / z * intrinsics.diagonal()[:2] + intrinsics[:2, 2]
+
+
+def _initial_translation(rest: torch.Tensor, body: BodyModel, intrinsics: torch.Tensor, targets: _Targets) -> torch.Tensor:
+    """Depth from the face's size (else the mask's width against the shoulders), head or mask top in place."""
+    focal = float(intrinsics[0, 0])
+    rest_camera = rest @ _FACING_CAMERA.T
+    head = rest_camera[body.head_vertices]
+    head_centre = head.mean(0)
+    if targets.face is not None:
+        x, y, w, h = targets.face.tolist()
+        head_width = float(_spread(head[:, 0]))
+        depth = focal * head_width / (HEAD_WIDTH_PER_FACE * w)
+        pixel = torch.tensor([x + w / 2, y + h / 2])
+    else:
+        ys, xs = np.nonzero(targets.mask)
+        shoulders = float(rest_camera[:, 0].max() - rest_camera[:, 0].min()) * 0.6
+        depth = focal * shoulders / max(1.0, float(np.percentile(xs, 95) - np.percentile(xs, 5)))
+        head_height = float(head[:, 1].max() - head[:, 1].min())
+        pixel = torch.tensor([float(np.median(xs)), float(ys.min()) + 0.5 * head_height * focal / depth])
+    ray = (pixel - intrinsics[:2, 2]) / focal
+    return torch.cat([ray * depth, torch.tensor([depth])]) - head_centre
+
+
+def _spread(values: torch.Tensor) -> torch.Tensor:
+    """Width of a set of coordinates, robustly: the extent of a uniform spread of that std."""
+    return values.std() * math.sqrt(12)
+
+
+class _Targets:
+    """What the fit pulls towards, precomputed once from the mask and face box."""
+
+    def __init__(self, mask: np.ndarray, face: torch.Tensor | None) -> None:
+        self.mask = mask
+        self.face = face
+        height, width = mask.shape
+        self.size = float(max(height, width))
+        # Past the frame the mask continues as it meets the edge (BORDER_REPLICATE).
+        self.pad = pad = max(height, width)
+        padded = cv2.copyMakeBorder(mask.astype(np.uint8), pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        outside = cv2.distanceTransform((1 - padded).astype(np.uint8), cv2.DIST_L2, 5)
+        self.outside = torch.from_numpy(outside)[None, None] / self.size
+        contour = mask & ~cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        contour[[0, -1], :] = contour[:, [0, -1]] = False  # the frame edge is not the body's edge
+        ys, xs = np.nonzero(contour)
+        step = max(1, len(xs) // 600)
+        self.contour = torch.from_numpy(np.stack([xs[::step], ys[::step]], 1).astype(np.float32) + 0.5)
+
+    def loss(self, pixels: torch.Tensor, points: torch.Tensor, body: BodyModel) -> torch.Tensor:
+        height, width = self.mask.shape
+        padded_size = torch.tensor([width + 2 * self.pad, height + 2 * self.pad], dtype=torch.float32)
+        grid = ((pixels + self.pad) / padded_size * 2 - 1)[None, None]
+        off_mask = torch.nn.functional.grid_sample(self.outside, grid, align_corners=False, padding_mode="border")
+        inside = off_mask.square().mean() * 100.0
+        cover = torch.zeros(())
+        if len(self.contour):
+            nearest = torch.cdist(self.contour, pixels[::COVER_STRIDE]).min(1).values / self.size
+            cover = nearest.clamp(max=0.05).square().mean() * 30.0
+        face = torch.zeros(())
+        if self.face is not None:
+            x, y, w, h = self.face.tolist()
+            head = pixels[body.head_vertices]
+            centre = torch.tensor([x + w / 2, y + h / 2])
+            face = ((head.mean(0) - centre) / w).square().sum() * 4.0
+            width_ratio = _spread(head[:, 0]) / (HEAD_WIDTH_PER_FACE * w)
+            face = face + (width_ratio.log()).square() * 4.0
+        return inside + cover + face

@@ -1,0 +1,165 @@
+"""Person segmentation without downloaded weights.
+
+Two sources, tried in order:
+1. The photo's alpha channel, when it has a real one (a cut-out from any matting tool).
+2. OpenCV's GrabCut (colour-model graph cut; no learned weights), seeded from a frontal face
+   found by scikit-image's LBP cascade (the OpenCV cascade file that scikit-image ships). With a
+   face, the seed is a head-and-torso box below and around it; without one, a box inset from the
+   image border, so the person should fill the middle of the frame.
+
+No learned segmenter qualifies here: rembg and MediaPipe's current wheels fetch their models at
+run time, and MediaPipe's older wheels that bundled a selfie segmenter need numpy < 2. GrabCut
+separates foreground from background, not people from things: it can keep an object held in
+front of the body. ``PersonNotFoundError`` is raised when no distinct foreground is found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from .images import ImageError
+
+WORK_SIDE = 512
+"""GrabCut runs at most at this size (its cost grows with pixels; masks are upsampled after)."""
+MIN_AREA = 0.01
+"""A foreground smaller than this fraction of the photo is not taken for a person."""
+MAX_AREA = 0.97
+
+
+class PersonNotFoundError(ImageError):
+    """No person-like foreground could be separated from the background."""
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """The person's mask in the photo's pixels and what produced it.
+
+    mask (H, W) bool; face_box (x, y, width, height) in pixels when a frontal face was found;
+    method is "alpha" or "grabcut".
+    """
+
+    mask: np.ndarray
+    face_box: tuple[int, int, int, int] | None
+    method: str
+
+
+@lru_cache(maxsize=1)
+def _face_cascade():
+    from skimage.data import lbp_frontal_face_cascade_filename
+    from skimage.feature import Cascade
+
+    return Cascade(lbp_frontal_face_cascade_filename())
+
+
+def detect_face(rgb: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The largest frontal face (x, y, width, height) in pixels, or None."""
+    height, width = rgb.shape[:2]
+    scale = min(1.0, WORK_SIDE / max(height, width))
+    small = cv2.resize(rgb, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else rgb
+    side = min(small.shape[:2])
+    faces = _face_cascade().detect_multi_scale(
+        img=np.ascontiguousarray(small, dtype=np.float64),
+        scale_factor=1.2,
+        step_ratio=1,
+        min_size=(max(16, side // 20),) * 2,
+        max_size=(side,) * 2,
+    )
+    if not faces:
+        return None
+    face = max(faces, key=lambda f: f["width"] * f["height"])
+    return tuple(round(v / scale) for v in (face["c"], face["r"], face["width"], face["height"]))
+
+
+def segment_person(image: np.ndarray, iterations: int = 5) -> Segmentation:
+    """The person's mask in a photo from ``images.load_image`` (float RGB or RGBA in [0, 1])."""
+    rgb = image[..., :3]
+    face_box = detect_face(rgb)
+    if image.shape[2] == 4 and (image[..., 3] < 0.5).any():
+        mask = image[..., 3] >= 0.5
+        method = "alpha"
+    else:
+        if float(rgb.std()) < 0.02:
+            raise PersonNotFoundError("no person found: the photo is a single flat colour")
+        mask = _grabcut(rgb, face_box, iterations)
+        method = "grabcut"
+    mask = _clean(mask, face_box)
+    area = float(mask.mean())
+    if not MIN_AREA <= area <= MAX_AREA:
+        raise PersonNotFoundError(
+            f"no person found: the foreground covers {100 * area:.1f}% of the photo "
+            f"(expected {100 * MIN_AREA:g}%-{100 * MAX_AREA:g}%); a photo with an alpha cut-out works best"
+        )
+    return Segmentation(mask, face_box, method)
+
+
+def _grabcut(rgb: np.ndarray, face_box: tuple[int, int, int, int] | None, iterations: int) -> np.ndarray:
+    height, width = rgb.shape[:2]
+    scale = min(1.0, WORK_SIDE / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = cv2.resize((rgb * 255).round().astype(np.uint8), size, interpolation=cv2.INTER_AREA)
+    seeds = _grabcut_seeds(size[1], size[0], None if face_box is None else tuple(v * scale for v in face_box))
+    background, foreground = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # GrabCut seeds its colour models with k-means: same photo, same mask
+    cv2.grabCut(cv2.cvtColor(small, cv2.COLOR_RGB2BGR), seeds, None, background, foreground, iterations, cv2.GC_INIT_WITH_MASK)
+    mask = ((seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)).astype(np.uint8)
+    return cv2.resize(mask, (width, height), interpolation=cv2.INTER_LINEAR) > 0
+
+
+def _grabcut_seeds(height: int, width: int, face_box: tuple[float, float, float, float] | None) -> np.ndarray:
+    """GrabCut's initial labels: sure background outside a person box, sure foreground in its core.
+
+    With a face (x, y, w, h) the box spans about 4.4 face widths (shoulders, arms) and reaches
+    from above the hair to the bottom of the frame, less the two top corners beside the head
+    (above the chin, past the hair) and the side edges down to the chest; the face centre and a neck-to-chest column below it are
+    sure foreground.
+    """
+    seeds = np.full((height, width), cv2.GC_BGD, np.uint8)
+    if face_box is None:
+        mx, my = round(0.06 * width), round(0.04 * height)
+        seeds[my:, mx : width - mx] = cv2.GC_PR_FGD
+        cy, cx = height // 2, width // 2
+        seeds[cy - height // 10 : cy + height // 10, cx - width // 20 : cx + width // 20] = cv2.GC_FGD
+        return seeds
+    x, y, w, h = face_box
+    cx = x + w / 2
+
+    def clip_x(v: float) -> int:
+        return int(np.clip(round(v), 0, width))
+
+    def clip_y(v: float) -> int:
+        return int(np.clip(round(v), 0, height))
+
+    seeds[clip_y(y - 0.8 * h) :, clip_x(cx - 2.2 * w) : clip_x(cx + 2.2 * w)] = cv2.GC_PR_FGD
+    beside_head = slice(0, clip_y(y + h))
+    seeds[beside_head, : clip_x(cx - 1.2 * w)] = cv2.GC_BGD
+    seeds[beside_head, clip_x(cx + 1.2 * w) :] = cv2.GC_BGD
+    edge = max(1, width // 100)
+    seeds[: clip_y(y + 2.5 * h), :edge] = seeds[: clip_y(y + 2.5 * h), width - edge :] = cv2.GC_BGD
+    seeds[clip_y(y + 0.25 * h) : clip_y(y + 0.8 * h), clip_x(cx - 0.25 * w) : clip_x(cx + 0.25 * w)] = cv2.GC_FGD
+    seeds[clip_y(y + 1.6 * h) : clip_y(y + 2.6 * h), clip_x(cx - 0.4 * w) : clip_x(cx + 0.4 * w)] = cv2.GC_FGD
+    if not (seeds == cv2.GC_BGD).any():
+        seeds[:, :1] = seeds[:, -1:] = cv2.GC_BGD
+    return seeds
+
+
+def _clean(mask: np.ndarray, face_box: tuple[int, int, int, int] | None) -> np.ndarray:
+    """The connected region holding the person (the face's, else the largest), holes filled,
+    specks and one-pixel bridges opened away."""
+    radius = max(1, round(min(mask.shape) / 200))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)
+    mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, kernel) > 0
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return mask
+    if face_box is not None:
+        x, y, w, h = face_box
+        face_label = labels[min(y + h // 2, mask.shape[0] - 1), min(x + w // 2, mask.shape[1] - 1)]
+        if face_label:
+            return ndimage.binary_fill_holes(labels == face_label)
+    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
+    return ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
