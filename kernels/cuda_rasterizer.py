@@ -68,8 +68,8 @@ def _load_extension():
                 _extension = load(
                     name="splatcast_rasterizer",
                     sources=[str(csrc / name) for name in _SOURCES],
-                    extra_cflags=["-O3", "-std=c++17"],
-                    extra_cuda_cflags=["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"],
+                    extra_cflags=["-O3"],
+                    extra_cuda_cflags=["-O3", "--use_fast_math", "-lineinfo"],
                     verbose=os.environ.get("SPLATCAST_BUILD_VERBOSE") == "1",
                 )
             except Exception as error:  # no compiler, no CUDA toolkit, a build error
@@ -209,6 +209,8 @@ class CudaRasterizer:
     ) -> None:
         if storage not in (torch.float32, torch.float16):
             raise ValueError(f"storage must be torch.float32 or torch.float16, got {storage}")
+        if not 0 < max_pairs < 2**31:
+            raise ValueError(f"max_pairs must be in [1, 2^31), got {max_pairs}")
         self._ext = _load_extension()
         self.device = torch.device(device or "cuda")
         if self.device.index is None:
@@ -300,7 +302,7 @@ class CudaRasterizer:
             inputs=torch.zeros_like(inputs_host, device=self.device),
             image=torch.empty(v, views.height, views.width, 3, dtype=torch.uint8, device=self.device),
             ranges=torch.zeros(v * math.ceil(views.width / TILE_SIZE) * math.ceil(views.height / TILE_SIZE), 2, dtype=torch.int32, device=self.device),
-            pair_slots=max(4 * v * n, 1 << 16),
+            pair_slots=min(self.max_pairs, max(4 * v * n, 1 << 16)),
         )
         if views_per_frame is not None:
             plan.layout, plan.frames, total = frame_layout(views.width, views.height, views_per_frame)
@@ -388,7 +390,7 @@ class CudaRasterizer:
             elif total < plan.pair_slots // 4 and plan.pair_slots > 1 << 16:
                 plan.underused += 1
                 if plan.underused >= _SHRINK_AFTER:
-                    plan.pair_slots, plan.underused, plan.graph = max(total * 2, 1 << 16), 0, None
+                    plan.pair_slots, plan.underused, plan.graph = min(self.max_pairs, max(total * 2, 1 << 16)), 0, None
             else:
                 plan.underused = 0
         return plan

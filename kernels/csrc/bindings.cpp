@@ -68,7 +68,13 @@ void preprocess(const torch::Tensor& means_opacity, const torch::Tensor& shape, 
     check_cuda(launch_preprocess(args, stream()), "preprocess");
 }
 
-int64_t sort_temp_bytes(int64_t num_entries, int64_t num_pairs, int64_t pair_bits) {
+int checked_count(int64_t n, const char* what) {
+    TORCH_CHECK(n >= 0 && n < (int64_t{1} << 31), what, " count ", n, " does not fit the 32-bit sorts");
+    return static_cast<int>(n);
+}
+
+int64_t sort_temp_bytes(int64_t num_entries_, int64_t num_pairs_, int64_t pair_bits) {
+    const int num_entries = checked_count(num_entries_, "entry"), num_pairs = checked_count(num_pairs_, "pair");
     size_t depth = 0, scan = 0, pairs = 0;
     check_cuda(depth_sort(nullptr, &depth, nullptr, nullptr, nullptr, nullptr, num_entries, 0), "depth sort size");
     check_cuda(inclusive_sum(nullptr, &scan, nullptr, nullptr, num_entries, 0), "scan size");
@@ -85,7 +91,7 @@ void sort_depths(const torch::Tensor& temp, const torch::Tensor& keys_in, const 
     if (n == 0) return;
     size_t bytes = temp.numel();
     check_cuda(depth_sort(temp.data_ptr(), &bytes, ptr<const uint32_t>(keys_in), ptr<uint32_t>(keys_out),
-                          ptr<const uint32_t>(entries_in), ptr<uint32_t>(entries_out), n, stream()),
+                          ptr<const uint32_t>(entries_in), ptr<uint32_t>(entries_out), checked_count(n, "entry"), stream()),
                "depth sort");
 }
 
@@ -102,7 +108,7 @@ void scan_tile_counts(const torch::Tensor& temp, const torch::Tensor& entries_so
                "gather counts");
     if (n == 0) return;
     size_t bytes = temp.numel();
-    check_cuda(inclusive_sum(temp.data_ptr(), &bytes, ptr<const int64_t>(counts_sorted), ptr<int64_t>(ends), n, stream()),
+    check_cuda(inclusive_sum(temp.data_ptr(), &bytes, ptr<const int64_t>(counts_sorted), ptr<int64_t>(ends), checked_count(n, "entry"), stream()),
                "scan");
 }
 
@@ -143,7 +149,8 @@ void sort_pairs(const torch::Tensor& temp, const torch::Tensor& keys_in, const t
     if (n == 0) return;
     size_t bytes = temp.numel();
     check_cuda(pair_sort(temp.data_ptr(), &bytes, ptr<const uint32_t>(keys_in), ptr<uint32_t>(keys_out),
-                         ptr<const uint32_t>(values_in), ptr<uint32_t>(values_out), n, static_cast<int>(key_bits), stream()),
+                         ptr<const uint32_t>(values_in), ptr<uint32_t>(values_out), checked_count(n, "pair"),
+                         static_cast<int>(key_bits), stream()),
                "pair sort");
 }
 

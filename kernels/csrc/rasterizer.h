@@ -26,10 +26,10 @@ cudaError_t launch_preprocess(const PreprocessArgs& args, cudaStream_t stream);
 
 // sort.cu: cub radix sorts and the scan. With temp == nullptr, *temp_bytes receives the size. --
 cudaError_t depth_sort(void* temp, size_t* temp_bytes, const uint32_t* keys_in, uint32_t* keys_out,
-                       const uint32_t* values_in, uint32_t* values_out, int64_t n, cudaStream_t stream);
+                       const uint32_t* values_in, uint32_t* values_out, int n, cudaStream_t stream);
 cudaError_t pair_sort(void* temp, size_t* temp_bytes, const uint32_t* keys_in, uint32_t* keys_out,
-                      const uint32_t* values_in, uint32_t* values_out, int64_t n, int key_bits, cudaStream_t stream);
-cudaError_t inclusive_sum(void* temp, size_t* temp_bytes, const int64_t* in, int64_t* out, int64_t n, cudaStream_t stream);
+                      const uint32_t* values_in, uint32_t* values_out, int n, int key_bits, cudaStream_t stream);
+cudaError_t inclusive_sum(void* temp, size_t* temp_bytes, const int64_t* in, int64_t* out, int n, cudaStream_t stream);
 
 // intersect.cu ----------------------------------------------------------------------------------
 cudaError_t launch_gather_counts(int64_t num_entries, const uint32_t* entries_sorted, const uint32_t* tile_counts,

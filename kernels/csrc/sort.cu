@@ -4,7 +4,7 @@
 // positive floats), then Gaussian/tile pairs by (view | tile) alone. cub's radix sort is stable
 // and pairs are emitted in depth order, so the second sort leaves each tile's list front to
 // back: the (view | tile | depth) order in ceil(tile bits / 8) passes over the pairs instead of
-// ceil((tile bits + 32) / 8).
+// ceil((tile bits + 32) / 8). Counts are int: entries and pair slots per pass stay under 2^31.
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
 
@@ -13,17 +13,17 @@
 namespace splatcast {
 
 cudaError_t depth_sort(void* temp, size_t* temp_bytes, const uint32_t* keys_in, uint32_t* keys_out,
-                       const uint32_t* values_in, uint32_t* values_out, int64_t n, cudaStream_t stream) {
+                       const uint32_t* values_in, uint32_t* values_out, int n, cudaStream_t stream) {
     return cub::DeviceRadixSort::SortPairs(temp, *temp_bytes, keys_in, keys_out, values_in, values_out, n, 0, 31, stream);
 }
 
 cudaError_t pair_sort(void* temp, size_t* temp_bytes, const uint32_t* keys_in, uint32_t* keys_out,
-                      const uint32_t* values_in, uint32_t* values_out, int64_t n, int key_bits, cudaStream_t stream) {
+                      const uint32_t* values_in, uint32_t* values_out, int n, int key_bits, cudaStream_t stream) {
     return cub::DeviceRadixSort::SortPairs(temp, *temp_bytes, keys_in, keys_out, values_in, values_out, n, 0, key_bits,
                                            stream);
 }
 
-cudaError_t inclusive_sum(void* temp, size_t* temp_bytes, const int64_t* in, int64_t* out, int64_t n, cudaStream_t stream) {
+cudaError_t inclusive_sum(void* temp, size_t* temp_bytes, const int64_t* in, int64_t* out, int n, cudaStream_t stream) {
     return cub::DeviceScan::InclusiveSum(temp, *temp_bytes, in, out, n, stream);
 }
 
