@@ -65,14 +65,15 @@ class BrowserPage:
 
 
 @asynccontextmanager
-async def chromium_page(width: int, height: int) -> AsyncIterator[BrowserPage]:
-    """A fresh headless Chromium with one page of ``width`` x ``height`` CSS pixels."""
+async def chromium_page(width: int, height: int, has_touch: bool = False) -> AsyncIterator[BrowserPage]:
+    """A fresh headless Chromium with one page of ``width`` x ``height`` CSS pixels (a touch
+    screen when ``has_touch``)."""
     playwright_api = pytest.importorskip("playwright.async_api", reason="the browser tests drive Chromium with playwright")
     executable = ensure_chromium()
     async with playwright_api.async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=str(executable), headless=True, args=CHROMIUM_FLAGS)
         try:
-            page = await browser.new_page(viewport={"width": width, "height": height}, device_scale_factor=1)
+            page = await browser.new_page(viewport={"width": width, "height": height}, device_scale_factor=1, has_touch=has_touch)
             watched = BrowserPage(page)
             page.on("pageerror", lambda error: watched.errors.append(f"uncaught: {error}"))
             page.on("console", lambda message: watched.errors.append(f"console: {message.text}") if message.type == "error" else None)

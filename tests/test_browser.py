@@ -4,6 +4,7 @@ connects over WebRTC, decodes the avatar's video, and turns and zooms it with th
 import asyncio
 import io
 import json
+from contextlib import asynccontextmanager
 
 import numpy as np
 import pytest
@@ -24,11 +25,16 @@ WIDTH, HEIGHT = 320, 240
 BACKGROUND = (0.08, 0.08, 0.1)
 
 
+@asynccontextmanager
+async def serve(max_sessions: int = 2):
+    config = ServerConfig(fps=30, width=WIDTH, height=HEIGHT, max_sessions=max_sessions, idle_timeout=10.0, background=BACKGROUND)
+    async with TestServer(create_app({"figure": figure_cloud()}, config), host="127.0.0.1") as test_server:
+        yield test_server
+
+
 @pytest.fixture
 async def server():
-    config = ServerConfig(fps=30, width=WIDTH, height=HEIGHT, max_sessions=2, idle_timeout=10.0, background=BACKGROUND)
-    app = create_app({"figure": figure_cloud()}, config)
-    async with TestServer(app, host="127.0.0.1") as test_server:
+    async with serve() as test_server:
         yield test_server
 
 
@@ -55,6 +61,14 @@ async def wait_for_stats(page, predicate, timeout: float, what: str) -> dict:
             return latest
         await asyncio.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}; page stats: {json.dumps(latest)}")
+
+
+async def wait_until(predicate, timeout: float) -> bool:
+    for _ in range(int(timeout / 0.1)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.1)
+    return predicate()
 
 
 async def screenshot(page, path) -> np.ndarray:
@@ -129,21 +143,86 @@ async def test_page_streams_the_avatar_and_follows_the_mouse(server, browser, tm
     readout = await page.inner_text("#overlay")
     assert "connected" in readout and "pose → shown" in readout
     assert browser.errors == []
+    await page.close()  # the page closes its peer connection: the session ends well before the idle timeout
+    assert await wait_until(lambda: len(server.app[SERVER_KEY].sessions) == 0, 5.0), "the session outlived the page"
     print(f"browser: {final['codec']} {final['fps']} fps, pose->frame message {final['poseToMessageMs']:.1f} ms, "
           f"pose->presented {final['poseToPresentedMs']:.1f} ms, server {final['serverMs']}")
 
 
-async def test_page_shows_the_servers_error(server, browser):
-    page = browser.page
-    await page.goto(url(server, "/?avatar=nobody"))
-    await page.wait_for_selector("#overlay .error", state="visible", timeout=10_000)
-    message = await page.inner_text("#overlay .error")
-    assert "unknown avatar 'nobody'" in message
-    assert (await stats(page))["error"] == message
-    assert await page.is_visible("#overlay .reconnect")
-    assert len(server.app[SERVER_KEY].sessions) == 0
-    # The one logged error is the browser's note of the 404 itself.
-    assert all("404" in error for error in browser.errors)
+async def touch_drag(page, fingers: list[tuple[tuple[float, float], tuple[float, float]]], steps: int = 5) -> None:
+    """Move fingers (each from a start to an end point, CSS pixels) across a touch screen."""
+    cdp = await page.context.new_cdp_session(page)
+
+    def points(f: float) -> list[dict]:
+        return [{"id": i, "x": x0 + f * (x1 - x0), "y": y0 + f * (y1 - y0)} for i, ((x0, y0), (x1, y1)) in enumerate(fingers)]
+
+    await cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": points(0.0)})
+    for step in range(1, steps + 1):
+        await cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": points(step / steps)})
+    await cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    await cdp.detach()
+
+
+async def test_gestures_steer_the_orbit_camera(server):
+    """Mouse and touch gestures move the camera as documented (turn, pan, pinch, reset)."""
+    async with chromium_page(2 * WIDTH, 2 * HEIGHT, has_touch=True) as browser:
+        page = browser.page
+        await page.goto(url(server))
+        home = (await wait_for_stats(page, lambda s: s["camera"] is not None, 10, "the orbit camera"))["camera"]
+
+        async def camera() -> dict:
+            return (await stats(page))["camera"]
+
+        def assert_same(a: dict, b: dict, keys) -> None:
+            for key in keys:
+                assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), key
+
+        x, y = WIDTH, HEIGHT  # the middle of the page
+        await page.mouse.move(x, y)
+        await page.mouse.down(button="right")
+        await page.mouse.move(x + 100, y + 50, steps=5)
+        await page.mouse.up(button="right")
+        panned = await camera()
+        assert_same(panned, home, ["azimuthDeg", "elevationDeg", "radius"])
+        assert np.linalg.norm(np.subtract(panned["target"], home["target"])) > 0.1 * home["radius"], "a right-drag pans"
+
+        await touch_drag(page, [((x, y), (x + 120, y + 60))])
+        turned = await camera()
+        assert turned["azimuthDeg"] < panned["azimuthDeg"] - 30 and turned["elevationDeg"] > panned["elevationDeg"] + 10, "one finger turns"
+        assert_same(turned, panned, ["radius", "target"])
+
+        await touch_drag(page, [((x - 50, y), (x - 150, y)), ((x + 50, y), (x + 150, y))])
+        pinched = await camera()
+        assert pinched["radius"] == pytest.approx(turned["radius"] / 3, rel=0.05), "spreading two fingers threefold comes three times closer"
+        assert_same(pinched, turned, ["azimuthDeg", "elevationDeg", "target"])
+
+        await touch_drag(page, [((x - 50, y), (x - 50, y + 80)), ((x + 50, y), (x + 50, y + 80))])
+        dragged = await camera()
+        assert_same(dragged, pinched, ["azimuthDeg", "elevationDeg", "radius"])
+        assert dragged["target"] != pinched["target"], "a two-finger drag pans"
+
+        await page.mouse.dblclick(x, y)
+        assert_same(await camera(), home, ["azimuthDeg", "elevationDeg", "radius", "target"])
+        assert browser.errors == []
+
+
+@pytest.mark.parametrize(
+    ("query", "max_sessions", "expected"),
+    [("?avatar=nobody", 2, "unknown avatar 'nobody'"), ("", 0, "at its limit of 0 sessions")],
+    ids=["unknown-avatar", "session-limit"],
+)
+async def test_page_shows_the_servers_error(browser, query, max_sessions, expected):
+    async with serve(max_sessions) as server:
+        page = browser.page
+        await page.goto(url(server, "/" + query))
+        await page.wait_for_selector("#overlay .error", state="visible", timeout=10_000)
+        message = await page.inner_text("#overlay .error")
+        assert expected in message
+        assert (await stats(page))["error"] == message
+        assert await page.is_visible("#overlay .reconnect")
+        assert len(server.app[SERVER_KEY].sessions) == 0
+    # The one logged error is the browser's own note of the failed request.
+    assert all("Failed to load resource" in error for error in browser.errors)
 
 
 async def test_orbit_camera_matches_the_servers_cameras(server, browser):

@@ -126,6 +126,7 @@ async function refreshReadout() {
 // Read-only hook for tests and debugging in the console: `await splatcast.stats()`.
 window.splatcast = Object.freeze({ stats: snapshot });
 window.addEventListener("resize", () => link?.poses.changed());
+window.addEventListener("pagehide", stop); // free the server's session now, not at its idle timeout
 setInterval(refreshReadout, READOUT_MS);
 watchPresentedFrames();
 start();

@@ -76,41 +76,41 @@ export class OrbitCamera {
 export function attachOrbitControls(element, camera, onChange) {
   const pointers = new Map(); // pointerId -> {x, y}
   let panning = false;
+  let pinch = null; // two pointers: the camera and the fingers' centroid and spread when they landed
 
-  const centroid = () => {
-    const ps = [...pointers.values()];
-    return [ps.reduce((s, p) => s + p.x, 0) / ps.length, ps.reduce((s, p) => s + p.y, 0) / ps.length];
-  };
-  const spread = () => {
+  const fingers = () => {
     const [a, b] = pointers.values();
-    return Math.hypot(a.x - b.x, a.y - b.y);
+    return { x: (a.x + b.x) / 2, y: (a.y + b.y) / 2, spread: Math.hypot(a.x - b.x, a.y - b.y) };
+  };
+  // Two-finger gestures are measured from where they began, so a symmetric pinch leaves the
+  // target exactly where it was however the fingers' moves interleave.
+  const beginPinch = () => {
+    pinch = pointers.size === 2 ? { target: [...camera.target], radius: camera.radius, ...fingers() } : null;
   };
 
   const down = (event) => {
     element.setPointerCapture(event.pointerId);
     pointers.set(event.pointerId, { x: event.clientX, y: event.clientY });
     panning = event.button === 1 || event.button === 2 || event.shiftKey;
+    beginPinch();
   };
 
   const move = (event) => {
     const pointer = pointers.get(event.pointerId);
     if (!pointer) return;
+    const dx = event.clientX - pointer.x;
+    const dy = event.clientY - pointer.y;
+    pointer.x = event.clientX;
+    pointer.y = event.clientY;
     if (pointers.size === 1) {
-      const dx = event.clientX - pointer.x;
-      const dy = event.clientY - pointer.y;
       if (panning || event.shiftKey) camera.pan(dx, dy, element.clientHeight);
       else camera.rotate(dx, dy);
-      pointer.x = event.clientX;
-      pointer.y = event.clientY;
-    } else if (pointers.size === 2) {
-      const [cx, cy] = centroid();
-      const before = spread();
-      pointer.x = event.clientX;
-      pointer.y = event.clientY;
-      const [nx, ny] = centroid();
-      const after = spread();
-      if (before > 0 && after > 0) camera.zoom(before / after);
-      camera.pan(nx - cx, ny - cy, element.clientHeight);
+    } else if (pinch !== null) {
+      const now = fingers();
+      camera.target = [...pinch.target];
+      camera.radius = pinch.radius;
+      if (now.spread > 0 && pinch.spread > 0) camera.zoom(pinch.spread / now.spread);
+      camera.pan(now.x - pinch.x, now.y - pinch.y, element.clientHeight);
     } else {
       return;
     }
@@ -119,6 +119,7 @@ export function attachOrbitControls(element, camera, onChange) {
 
   const up = (event) => {
     pointers.delete(event.pointerId);
+    beginPinch();
   };
 
   const wheel = (event) => {
