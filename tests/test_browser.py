@@ -1,5 +1,6 @@
 """The web client in a real browser: headless Chromium opens the page the real server serves,
-connects over WebRTC, decodes the avatar's video, and turns and zooms it with the mouse."""
+connects over WebRTC, decodes the avatar's video, and turns and zooms it with the mouse and touch;
+the page's camera maths and frame bookkeeping are checked against the server's conventions."""
 
 import asyncio
 import io
@@ -266,3 +267,31 @@ async def test_stream_size_fits_the_budget_in_even_pixels(server, browser):
         assert abs(w / h - css_w / css_h) < 0.02 * css_w / css_h + 2 / h, "aspect kept"
         if css_w * css_h * ratio**2 > budget * 1.1:
             assert w * h >= budget * 0.95, "a large screen gets the whole budget"
+
+
+async def test_frame_log_pairs_presented_frames_with_their_poses(server, browser):
+    """Presented frames map to their frame messages through the RTP timestamp, across the 32-bit
+    wrap and with a fifth of the messages lost on the unreliable channel."""
+    page = browser.page
+    await page.goto(url(server, "/healthz"))
+    g = np.random.default_rng(2)
+    origin = 2**32 - 40_000  # the RTP timestamp wraps a few frames in
+    pts = np.cumsum(g.integers(2700, 3300, 120)).tolist()  # 30 fps, jittered
+    lost = (g.random(120) < 0.2).tolist()
+    shown = await page.evaluate(
+        """async ([origin, pts, lost]) => {
+            const { FrameLog } = await import("/static/frames.js");
+            const log = new FrameLog();
+            const shown = pts.map((p, i) => {
+                if (!lost[i]) log.onMessage({ type: "frame", seq: i + 1, t: 33 * i, pts: p, render_ms: 5, convert_ms: 1, encode_ms: 2 }, 33 * i + 20);
+                return log.onPresented((origin + p) >>> 0, 33 * i + 50)?.seq ?? null;
+            });
+            return { shown, origin: log.rtpOrigin, latency: log.poseToPresentedMs };
+        }""",
+        [origin, pts, lost],
+    )
+    assert shown["origin"] == origin
+    locked = next(i for i, seq in enumerate(shown["shown"]) if seq is not None)
+    assert locked < 10
+    assert shown["shown"][locked:] == [None if lost[i] else i + 1 for i in range(locked, 120)]
+    assert shown["latency"] == pytest.approx(50.0)
