@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -57,6 +58,8 @@ def serve(args: argparse.Namespace) -> int:
         max_sessions=args.max_sessions,
         idle_timeout=args.idle_timeout,
         ice_servers=args.ice_server,
+        store_dir=args.store,
+        api_key=args.api_key or os.environ.get("SPLATCAST_API_KEY"),
     )
     with console.status(f"preparing {avatar_id} ({len(cloud):,} Gaussians) for streaming"):
         server = StreamingServer({avatar_id: cloud}, config)
@@ -115,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sessions", type=_positive_int, default=8)
     p.add_argument("--idle-timeout", type=float, default=30.0, help="seconds without a pose before a session ends")
     p.add_argument("--ice-server", action="append", default=[], help="STUN/TURN URL (repeatable); none by default")
+    p.add_argument("--store", help="folder for uploaded and reconstructed avatars (default: a temporary one)")
+    p.add_argument("--api-key", help="turn security on (or set SPLATCAST_API_KEY): management calls need it, viewers need tokens")
     p.set_defaults(run=serve)
 
     p = commands.add_parser("render", help="render an avatar to a PNG (CPU reference renderer)")

@@ -18,7 +18,7 @@ import io
 import json
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from PIL import Image, UnidentifiedImageError
 
 from ..engine.formats import AssetError
@@ -68,11 +68,16 @@ class AvatarAPI:
     async def _body(self, request: web.Request) -> tuple[str, str, bytes]:
         """(file name, content type, bytes) of a raw or single-part multipart upload."""
         if request.content_type.startswith("multipart/"):
-            reader = await request.multipart()
-            part = await reader.next()
-            if part is None or isinstance(part, type(reader)):
-                raise web.HTTPBadRequest(text=json.dumps({"error": "multipart upload has no file part"}), content_type="application/json")
-            return part.filename or "", part.headers.get("Content-Type", ""), await part.read()
+            try:
+                reader = await request.multipart()
+                part = await reader.next()
+                if isinstance(part, BodyPartReader):
+                    return part.filename or "", part.headers.get("Content-Type", ""), bytes(await part.read())
+            except web.HTTPException:
+                raise  # 413 for a body over the limit
+            except Exception as error:  # aiohttp's parser fails a malformed body in many ways (Value/Runtime/TypeError ...)
+                raise web.HTTPBadRequest(text=json.dumps({"error": f"malformed multipart body: {error}"}), content_type="application/json") from None
+            raise web.HTTPBadRequest(text=json.dumps({"error": "multipart upload has no file part"}), content_type="application/json")
         return request.query.get("filename", ""), request.content_type, await request.read()
 
     def _asset_suffix(self, name: str, content_type: str, data: bytes) -> str | None:

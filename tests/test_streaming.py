@@ -44,7 +44,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture
 async def server():
-    config = ServerConfig(fps=30, width=WIDTH, height=HEIGHT, max_sessions=2, idle_timeout=5.0, bitrate_bounds=(200_000, 2_000_000, 4_000_000))
+    config = ServerConfig(fps=30, width=WIDTH, height=HEIGHT, max_sessions=2, idle_timeout=30.0, bitrate_bounds=(200_000, 2_000_000, 4_000_000))
     app = create_app({"figure": figure_cloud()}, config)
     async with TestServer(app, host="127.0.0.1") as test_server:
         yield test_server
@@ -175,11 +175,12 @@ async def test_session_limit_answers_503_and_frees_up(server):
 
 async def test_vanished_viewer_is_reaped_after_idle_timeout(server):
     srv = server.app[SERVER_KEY]
+    srv.sessions.idle_timeout = 2.0
     viewer = Viewer()
     await viewer.connect(base_url(server))
     # Vanish without closing: stop answering (no pose, no ICE) by tearing down the transport only.
     await viewer.pc.getTransceivers()[0].receiver.transport.transport.stop()
-    assert await wait_for(lambda: len(srv.sessions) == 0, srv.config.idle_timeout + 8)
+    assert await wait_for(lambda: len(srv.sessions) == 0, srv.sessions.idle_timeout + 8)
     await viewer.close()
 
 
