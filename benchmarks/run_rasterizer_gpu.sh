@@ -27,15 +27,22 @@ start=$SECONDS
 timeout 400 python3 -c "from splatcast.kernels.cuda_rasterizer import _load_extension; _load_extension()" 2>&1 | tail -40 | tee "$OUT/build.log" || exit 1
 echo "splatcast kernels built in $((SECONDS - start)) s"
 
-timeout 300 python3 -m pytest tests/test_cuda_rasterizer.py tests/test_colour.py -q -rs -p no:cacheprovider --junitxml="$OUT/tests.xml" 2>&1 | tee "$OUT/tests.log" | tail -30
+timeout 300 python3 -X faulthandler -m pytest tests/test_cuda_rasterizer.py -q -rs -p no:cacheprovider --junitxml="$OUT/tests.xml" > "$OUT/tests.log" 2>&1
+grep -B2 -A14 "Fatal Python error" "$OUT/tests.log"; tail -30 "$OUT/tests.log"
 
 wait $gsplat_build; tail -3 "$OUT/gsplat_build.log"
-timeout 400 python3 -m pytest benchmarks/test_rasterizer_gpu.py -q -p no:cacheprovider --benchmark-json="$OUT/rasterizer.json" \
-    --benchmark-columns=median,min,max --benchmark-sort=name 2>&1 | tail -25 | tee "$OUT/bench.log"
+# Ours and gsplat's in separate processes: neither can take the other's figures down with it.
+for who in splatcast gsplat; do
+    selection="test_gsplat"; [ $who = splatcast ] && selection="test_splatcast or test_agreement"
+    timeout 240 python3 -X faulthandler -m pytest benchmarks/test_rasterizer_gpu.py -k "$selection" -q \
+        -p no:cacheprovider --benchmark-json="$OUT/rasterizer-$who.json" --benchmark-columns=median,min,max --benchmark-sort=name \
+        > "$OUT/bench-$who.log" 2>&1
+    grep -B2 -A14 "Fatal Python error" "$OUT/bench-$who.log"; tail -8 "$OUT/bench-$who.log"
+done
 
-python3 - "$OUT/rasterizer.json" <<'EOF'
+python3 - "$OUT"/rasterizer-*.json <<'EOF'
 import json, sys
-runs = json.load(open(sys.argv[1]))["benchmarks"]
+runs = [b for path in sys.argv[1:] for b in json.load(open(path))["benchmarks"]]
 rows = {}
 for b in runs:
     e = b["extra_info"]

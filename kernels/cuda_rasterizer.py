@@ -169,7 +169,7 @@ class _Plan:
 
     @property
     def views(self) -> torch.Tensor:
-        return self.inputs[: 20 * self.num_views]
+        return self.inputs[: 20 * self.num_views].view(self.num_views, 20)
 
     @property
     def background(self) -> torch.Tensor:
