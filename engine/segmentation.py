@@ -29,6 +29,9 @@ WORK_SIDE = 512
 MIN_AREA = 0.01
 """A foreground smaller than this fraction of the photo is not taken for a person."""
 MAX_AREA = 0.97
+SIDE_MARGIN = 0.04
+"""Strips this wide (fraction of the width) along the photo's sides seed GrabCut as background:
+portraits rarely reach the side edges, and background there anchors its colour model."""
 
 
 class PersonNotFoundError(ImageError):
@@ -115,7 +118,7 @@ def _grabcut_seeds(height: int, width: int, face_box: tuple[float, float, float,
 
     With a face (x, y, w, h) the box spans about 4.4 face widths (shoulders, arms) and reaches
     from above the hair to the bottom of the frame, less the two top corners beside the head
-    (above the chin, past the hair) and the side edges down to the chest; the face centre and a neck-to-chest column below it are
+    (above the chin, past the hair) and thin strips along the side edges (``SIDE_MARGIN``); the face centre and a neck-to-chest column below it are
     sure foreground.
     """
     seeds = np.full((height, width), cv2.GC_BGD, np.uint8)
@@ -138,8 +141,8 @@ def _grabcut_seeds(height: int, width: int, face_box: tuple[float, float, float,
     beside_head = slice(0, clip_y(y + h))
     seeds[beside_head, : clip_x(cx - 1.2 * w)] = cv2.GC_BGD
     seeds[beside_head, clip_x(cx + 1.2 * w) :] = cv2.GC_BGD
-    edge = max(1, width // 100)
-    seeds[: clip_y(y + 2.5 * h), :edge] = seeds[: clip_y(y + 2.5 * h), width - edge :] = cv2.GC_BGD
+    edge = max(1, round(SIDE_MARGIN * width))
+    seeds[:, :edge] = seeds[:, width - edge :] = cv2.GC_BGD
     seeds[clip_y(y + 0.25 * h) : clip_y(y + 0.8 * h), clip_x(cx - 0.25 * w) : clip_x(cx + 0.25 * w)] = cv2.GC_FGD
     seeds[clip_y(y + 1.6 * h) : clip_y(y + 2.6 * h), clip_x(cx - 0.4 * w) : clip_x(cx + 0.4 * w)] = cv2.GC_FGD
     if not (seeds == cv2.GC_BGD).any():

@@ -48,9 +48,10 @@ SPLAT_SIGMA = 0.6
 """Gaussian standard deviation along the surface, in pixel footprints: neighbours overlap."""
 SPLAT_THICKNESS = 0.15
 """Standard deviation across the surface, in pixel footprints."""
-MAX_STRETCH = 6.0
+MAX_STRETCH = 3.0
 """A splat spans at most this many pixel footprints along a steep surface."""
 OPACITY = 0.98
+HAIR_SHADE = 0.85
 BACK_BLUR = 0.08
 """The back's colour blur, as a fraction of the person's larger side in the photo."""
 
@@ -72,15 +73,22 @@ def reconstruct(
         raise ValueError(f"num_gaussians must be at least 100, got {num_gaussians}")
     segmentation = segment_person(image) if segmentation is None else segmentation
     fit = fit_body(segmentation, body_model) if fit is None else fit
-    grid = _WorkGrid(image[..., :3], segmentation, fit, num_gaussians)
-    front, back = grid.surfaces()
-    colours_front = grid.colour
-    colours_back = grid.back_colour(segmentation.face_box)
-    parts = [
-        grid.splats(front, colours_front),
-        grid.splats(back, colours_back),
-        grid.side_splats(front, back, colours_front, colours_back),
-    ]
+    # Size the pixel grid to the budget: the side splats' share is only known once built.
+    scale = math.sqrt(num_gaussians / (2.2 * max(1, int(segmentation.mask.sum()))))
+    for _ in range(3):
+        grid = _WorkGrid(image[..., :3], segmentation, fit, scale)
+        front, back = grid.surfaces()
+        colours_front = grid.colour
+        colours_back = grid.back_colour()
+        parts = [
+            grid.splats(front, colours_front),
+            grid.splats(back, colours_back),
+            grid.side_splats(front, back, colours_front, colours_back),
+        ]
+        count = sum(len(p[0]) for p in parts)
+        if count <= num_gaussians:
+            break
+        scale *= 0.995 * math.sqrt(num_gaussians / count)
     means, covariance_axes, colours = (torch.cat(p) for p in zip(*parts))
     if len(means) > num_gaussians:
         keep = torch.randperm(len(means), generator=torch.Generator().manual_seed(seed))[:num_gaussians]
@@ -91,11 +99,8 @@ def reconstruct(
 class _WorkGrid:
     """The photo resampled so the person has about as many pixels as the Gaussian budget needs."""
 
-    def __init__(self, rgb: np.ndarray, segmentation: Segmentation, fit: BodyFit, num_gaussians: int) -> None:
+    def __init__(self, rgb: np.ndarray, segmentation: Segmentation, fit: BodyFit, scale: float) -> None:
         height, width = segmentation.mask.shape
-        area = max(1, int(segmentation.mask.sum()))
-        # Front and back take one Gaussian per pixel each; the sides take about a tenth more.
-        scale = math.sqrt(num_gaussians / (2.2 * area))
         self.width, self.height = max(8, round(width * scale)), max(8, round(height * scale))
         self.intrinsics = fit.intrinsics.clone()
         self.intrinsics[0] *= self.width / width
@@ -129,8 +134,9 @@ class _WorkGrid:
         front, back = _smooth_in_mask(front, self.mask), _smooth_in_mask(back, self.mask)
         return np.where(self.mask, front, np.nan), np.where(self.mask, back, np.nan)
 
-    def back_colour(self, face_box: tuple[int, int, int, int] | None) -> np.ndarray:
-        """A plausible back: the front blurred wide, with hair colour behind the head."""
+    def back_colour(self) -> np.ndarray:
+        """A plausible back: the front blurred wide; behind the head, the hair above the face
+        tiled over it (darkened a little, as the back of a head is seen in its own shadow)."""
         ys, xs = np.nonzero(self.mask)
         sigma = BACK_BLUR * max(ys.max() - ys.min(), xs.max() - xs.min(), 1)
         weight = self.mask.astype(np.float32)
@@ -139,15 +145,16 @@ class _WorkGrid:
         if self.face is None:
             return blurred
         x, y, w, h = self.face
-        rows = slice(max(0, round(y - 0.6 * h)), max(1, round(y - 0.15 * h)))
-        cols = slice(max(0, round(x + 0.2 * w)), round(x + 0.8 * w))
-        hair_pixels = self.colour[rows, cols][self.mask[rows, cols]]
-        if len(hair_pixels) < 4:
+        top = int(ys.min())
+        rows = np.arange(max(top, round(y - 0.6 * h)), max(top + 1, round(y - 0.1 * h)))
+        cols = np.arange(max(0, round(x + 0.1 * w)), min(self.width, round(x + 0.9 * w)))
+        band = self.mask[rows][:, cols]
+        if len(rows) < 2 or len(cols) < 2 or band.mean() < 0.8:
             return blurred
-        hair = np.median(hair_pixels, axis=0)
-        v, u = np.mgrid[0 : self.height, 0 : self.width].astype(np.float32) + 0.5
-        # An ellipse over the head down to the chin; soft edge of a tenth of the face.
-        distance = np.hypot((u - (x + w / 2)) / (0.75 * w), (v - (y + 0.35 * h)) / (0.75 * h))
+        v, u = np.mgrid[0 : self.height, 0 : self.width]
+        hair = self.colour[rows[(v - rows[0]) % len(rows)], cols[(u - cols[0]) % len(cols)]] * HAIR_SHADE
+        # An ellipse over the head down to the chin, with a soft edge.
+        distance = np.hypot((u + 0.5 - (x + w / 2)) / (0.75 * w), (v + 0.5 - (y + 0.35 * h)) / (0.75 * h))
         head = np.clip((1.0 - distance) * 8.0 + 0.5, 0.0, 1.0)[..., None]
         return head * hair + (1 - head) * blurred
 
@@ -275,7 +282,7 @@ def _harmonic_fill(mask: np.ndarray, known: np.ndarray, values: np.ndarray) -> n
     return np.where(mask, solution[np.maximum(index, 0)], mean)
 
 
-def _smooth_in_mask(values: np.ndarray, mask: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+def _smooth_in_mask(values: np.ndarray, mask: np.ndarray, sigma: float = 2.0) -> np.ndarray:
     weight = mask.astype(np.float64)
     filled = np.where(mask, values, 0.0)
     return ndimage.gaussian_filter(filled, sigma) / np.maximum(ndimage.gaussian_filter(weight, sigma), 1e-9)

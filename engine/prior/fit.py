@@ -36,6 +36,8 @@ FIT_SIDE = 256
 HEAD_WIDTH_PER_FACE = 1.05
 """Projected head width (ear to ear) over the LBP face box width, measured on frontal faces."""
 
+LEAN_PRIOR = torch.tensor([10.0, 1.0, 10.0])
+"""Prior weights on the body's rotation vector (x: lean forward, y: turn, z: lean sideways)."""
 COVER_STRIDE = 4
 """Every this many vertices stand in for the mesh in the contour-cover term (its cost is contour x vertices)."""
 
@@ -48,9 +50,10 @@ class BodyFit:
     """A body model posed in the photo's camera.
 
     vertices (V, 3) metres in the photo's OpenCV camera frame; faces (F, 3); intrinsics (3, 3)
-    for the photo at ``width`` x ``height`` pixels; camera_to_body (4, 4) rigid transform from
-    that camera frame to the upright body frame (metres, y up, facing +z, soles on y = 0, pelvis
-    on the y axis); visible (V,) True for vertices that project inside the photo.
+    for the photo at ``width`` x ``height`` pixels; camera_to_body (4, 4) similarity transform
+    from that camera frame to the body frame (metres, y up along the camera's vertical, facing
+    +z, the fitted body's soles near y = 0 and pelvis near the y axis: exactly so when the fitted
+    lean is zero); visible (V,) True for vertices that project inside the photo.
     """
 
     vertices: torch.Tensor
@@ -106,7 +109,7 @@ def fit_body(
         optimiser.zero_grad()
         points = _place(body_model.vertices(arms), rotvec, log_scale, translation)
         loss = targets.loss(_project(points, fit_k), points, body_model)
-        loss = loss + 1.0 * rotvec.square().sum() + 4.0 * log_scale.square().sum()
+        loss = loss + (rotvec.square() * LEAN_PRIOR).sum() + 4.0 * log_scale.square().sum()
         loss = loss + 0.2 * (arms - torch.tensor(body_model.arms_down)).square().sum()
         loss.backward()
         optimiser.step()
@@ -117,9 +120,12 @@ def fit_body(
         vertices = _place(body_model.vertices(arms), rotvec, log_scale, translation)
         pixels = _project(vertices, intrinsics)
         visible = (vertices[:, 2] > 0) & (pixels >= 0).all(1) & (pixels[:, 0] < width) & (pixels[:, 1] < height)
-        # body -> camera is x -> F R (s x) + t, so camera -> body undoes t, then F R, then s.
+        # body -> camera is x -> F R (s x) + t. Going back, only R's turn about the vertical is
+        # undone: photos are taken level, and a lean read off one silhouette is less reliable.
+        forward = roma.rotvec_to_rotmat(rotvec)[:, 2]
+        yaw = torch.atan2(forward[0], forward[2])
         camera_to_body = torch.eye(4)
-        linear = (_FACING_CAMERA @ roma.rotvec_to_rotmat(rotvec)).T / log_scale.exp()
+        linear = (_FACING_CAMERA @ roma.rotvec_to_rotmat(torch.stack([yaw.new_zeros(()), yaw, yaw.new_zeros(())]))).T / log_scale.exp()
         camera_to_body[:3, :3] = linear
         camera_to_body[:3, 3] = -linear @ translation
     return BodyFit(vertices, body_model.faces, intrinsics, width, height, camera_to_body, visible, body_model.name)
