@@ -5,6 +5,7 @@ the page's camera maths and frame bookkeeping are checked against the server's c
 import asyncio
 import io
 import json
+import math
 from contextlib import asynccontextmanager
 
 import numpy as np
@@ -239,15 +240,17 @@ async def test_orbit_camera_matches_the_servers_cameras(server, browser):
         got = await page.evaluate(
             """async ([azimuthDeg, elevationDeg, radius, target, width, height]) => {
                 const { OrbitCamera } = await import("/static/orbit.js");
-                const camera = new OrbitCamera({ target, radius, azimuthDeg, elevationDeg, verticalFovDeg: 40 });
+                const camera = new OrbitCamera({ target, radius, azimuthDeg, elevationDeg, fovDeg: 40 });
                 return { matrix: camera.cameraToWorld(), projection: camera.projection(width / height) };
             }""",
             [azimuth, elevation, radius, target, width, height],
         )
         expected = opencv_to_opengl(orbit_camera(azimuth, elevation, radius, tuple(target)))
         torch.testing.assert_close(matrix_from_column_major(got["matrix"]), expected, atol=1e-5, rtol=0)
+        # 40 degrees across the narrower side of the view
+        vertical_fov = 40.0 if width >= height else math.degrees(2 * math.atan(math.tan(math.radians(20.0)) * height / width))
         projection = matrix_from_column_major(got["projection"])
-        torch.testing.assert_close(intrinsics_from_projection(projection, width, height), intrinsics_from_fov(40.0, width, height), rtol=1e-5, atol=1e-3)
+        torch.testing.assert_close(intrinsics_from_projection(projection, width, height), intrinsics_from_fov(vertical_fov, width, height), rtol=1e-5, atol=1e-3)
 
 
 async def test_stream_size_fits_the_budget_in_even_pixels(server, browser):

@@ -3,6 +3,8 @@
 // The camera sits on a sphere around `target` (world metres, y up): azimuth 0 on +z looking
 // towards -z, positive azimuth towards +x, positive elevation above the target. This is the
 // server's `orbit_camera`, so the first pose shows what the server streams before any pose.
+// The field of view spans the viewport's narrower side (vertical on a landscape screen,
+// horizontal on a portrait phone), so the avatar framed by the server's radius fits either way.
 
 import { cameraToWorldLookAt, perspective } from "./mat4.js";
 
@@ -12,9 +14,9 @@ const WHEEL_ZOOM_PER_PX = 0.0015;
 const MAX_ELEVATION_DEG = 89; // the look-at frame flips at the poles
 
 export class OrbitCamera {
-  constructor({ target, radius, azimuthDeg = 0, elevationDeg = 0, verticalFovDeg = 40 }) {
+  constructor({ target, radius, azimuthDeg = 0, elevationDeg = 0, fovDeg = 40 }) {
     this.home = { target: [...target], radius, azimuthDeg, elevationDeg };
-    this.verticalFovDeg = verticalFovDeg;
+    this.fovDeg = fovDeg;
     this.minRadius = radius * 0.05;
     this.maxRadius = radius * 20;
     this.reset();
@@ -43,9 +45,14 @@ export class OrbitCamera {
     return cameraToWorldLookAt(this.eye, this.target);
   }
 
+  verticalFovDeg(aspect) {
+    if (aspect >= 1) return this.fovDeg;
+    return (2 * Math.atan(Math.tan((this.fovDeg * DEG) / 2) / aspect)) / DEG;
+  }
+
   // Column-major OpenGL projection for a viewport of this aspect (width / height).
   projection(aspect) {
-    return perspective(this.verticalFovDeg, aspect, Math.max(0.01, this.radius * 0.01), this.radius * 100);
+    return perspective(this.verticalFovDeg(aspect), aspect, Math.max(0.01, this.radius * 0.01), this.radius * 100);
   }
 
   // Turn the camera around the target; a drag to the right turns the avatar to the right.
@@ -56,8 +63,9 @@ export class OrbitCamera {
   }
 
   // Move the target in the view plane so the point under the cursor follows it.
-  pan(dxPx, dyPx, viewportHeightPx) {
-    const metresPerPx = (2 * this.radius * Math.tan((this.verticalFovDeg * DEG) / 2)) / viewportHeightPx;
+  pan(dxPx, dyPx, viewportWidthPx, viewportHeightPx) {
+    const fov = this.verticalFovDeg(viewportWidthPx / viewportHeightPx) * DEG;
+    const metresPerPx = (2 * this.radius * Math.tan(fov / 2)) / viewportHeightPx;
     const m = this.cameraToWorld();
     for (let i = 0; i < 3; i++) {
       this.target[i] += (-dxPx * m[i] + dyPx * m[4 + i]) * metresPerPx;
@@ -103,14 +111,14 @@ export function attachOrbitControls(element, camera, onChange) {
     pointer.x = event.clientX;
     pointer.y = event.clientY;
     if (pointers.size === 1) {
-      if (panning || event.shiftKey) camera.pan(dx, dy, element.clientHeight);
+      if (panning || event.shiftKey) camera.pan(dx, dy, element.clientWidth, element.clientHeight);
       else camera.rotate(dx, dy);
     } else if (pinch !== null) {
       const now = fingers();
       camera.target = [...pinch.target];
       camera.radius = pinch.radius;
       if (now.spread > 0 && pinch.spread > 0) camera.zoom(pinch.spread / now.spread);
-      camera.pan(now.x - pinch.x, now.y - pinch.y, element.clientHeight);
+      camera.pan(now.x - pinch.x, now.y - pinch.y, element.clientWidth, element.clientHeight);
     } else {
       return;
     }
