@@ -165,14 +165,16 @@ void tile_ranges(const torch::Tensor& keys_sorted, int64_t n, const torch::Tenso
 }
 
 void blend(const torch::Tensor& ranges, const torch::Tensor& values, const torch::Tensor& splat_a,
-           const torch::Tensor& splat_b, const torch::Tensor& background, int64_t num_views, int64_t width, int64_t height,
-           const torch::Tensor& image, const c10::optional<torch::Tensor>& state, bool resume, bool final) {
+           const torch::Tensor& splat_b, const torch::Tensor& footprint, const torch::Tensor& background, int64_t num_views,
+           int64_t width, int64_t height, const torch::Tensor& image, const c10::optional<torch::Tensor>& state, bool resume,
+           bool final, bool warp_cull) {
     const c10::cuda::CUDAGuard guard(ranges.device());
     const int64_t tiles = (width + TILE - 1) / TILE * ((height + TILE - 1) / TILE);
     check_buffer(ranges, torch::kInt32, 2 * num_views * tiles, "ranges");
     check_buffer(values, torch::kInt32, 0, "values");
     check_buffer(splat_a, torch::kFloat32, 0, "splat_a");
     check_buffer(splat_b, torch::kFloat32, 0, "splat_b");
+    check_buffer(footprint, torch::kFloat32, 0, "footprint");
     check_buffer(background, torch::kFloat32, 3, "background");
     check_buffer(image, torch::kUInt8, num_views * height * width * 3, "image");
     TORCH_CHECK(final || state.has_value(), "a chunk that is not final needs a state buffer");
@@ -186,11 +188,13 @@ void blend(const torch::Tensor& ranges, const torch::Tensor& values, const torch
     args.values = ptr<const uint32_t>(values);
     args.splat_a = ptr<const float4>(splat_a);
     args.splat_b = ptr<const float4>(splat_b);
+    args.footprint = ptr<const float4>(footprint);
     args.background = ptr<const float>(background);
     args.image = ptr<uint8_t>(image);
     args.state = state ? ptr<float4>(*state) : nullptr;
     args.resume = resume;
     args.final = final;
+    args.warp_cull = warp_cull;
     check_cuda(launch_blend(args, stream()), "blend");
 }
 

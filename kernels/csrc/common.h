@@ -55,42 +55,60 @@ __device__ inline void footprint_rows(float my, float cov_c, float q, int tiles_
     row_end = min(tiles_y, clamp_tile(floorf((my + half_y - 0.5f) / TILE), tiles_y) + 1);
 }
 
-// Tile columns [col_begin, col_end) of tile row ty met by the ellipse
-// {d : d^T cov^-1 d <= q} around (mx, my): the exact x-extent of the ellipse within the row's
-// band of pixel centres (AccuTile/SnugBox), widened by FOOTPRINT_MARGIN.
-__device__ inline void footprint_cols(
-    float mx, float my, float cov_a, float cov_b, float cov_c, float q, int ty, int tiles_x, int& col_begin, int& col_end) {
-    float half_y = sqrtf(q * cov_c);
-    float y0 = fmaxf(ty * TILE + 0.5f - my - FOOTPRINT_MARGIN, -half_y);
-    float y1 = fminf(ty * TILE + TILE - 0.5f - my + FOOTPRINT_MARGIN, half_y);
-    if (y0 > y1) {
-        col_begin = col_end = 0;
-        return;
-    }
+// The x-extent [left, right] (relative to the centre) of the ellipse {d : d^T cov^-1 d <= q}
+// over the horizontal band dy in [y0, y1]; false when the band misses the ellipse.
+__device__ inline bool ellipse_band_extent(float cov_a, float cov_b, float cov_c, float q, float y0, float y1, float& left,
+                                           float& right) {
+    const float half_y = sqrtf(q * cov_c);
+    y0 = fmaxf(y0, -half_y);
+    y1 = fminf(y1, half_y);
+    if (y0 > y1) return false;
     // On the line dy the ellipse spans x = (b dy +- sqrt(det (q c - dy^2))) / c; its rightmost
     // point (sqrt(q a), b sqrt(q / a)) and leftmost point mirror each other. The right edge is
     // concave in dy and the left edge convex, so over [y0, y1] each extreme is either the
     // ellipse's own or at the band end nearest to it.
-    float det = cov_a * cov_c - cov_b * cov_b;
-    float half_x = sqrtf(q * cov_a);
-    float dy_right = cov_b * sqrtf(q / cov_a);
-    float right, left;
+    const float det = cov_a * cov_c - cov_b * cov_b;
+    const float half_x = sqrtf(q * cov_a);
+    const float dy_right = cov_b * sqrtf(q / cov_a);
     if (dy_right >= y0 && dy_right <= y1) {
         right = half_x;
     } else {
-        float dy = fminf(fmaxf(dy_right, y0), y1);
+        const float dy = fminf(fmaxf(dy_right, y0), y1);
         right = (cov_b * dy + sqrtf(fmaxf(det * (q * cov_c - dy * dy), 0.0f))) / cov_c;
     }
     if (-dy_right >= y0 && -dy_right <= y1) {
         left = -half_x;
     } else {
-        float dy = fminf(fmaxf(-dy_right, y0), y1);
+        const float dy = fminf(fmaxf(-dy_right, y0), y1);
         left = (cov_b * dy - sqrtf(fmaxf(det * (q * cov_c - dy * dy), 0.0f))) / cov_c;
     }
-    // Column tx holds pixel centres x in [tx*T + 0.5, tx*T + T - 0.5].
+    return true;
+}
+
+// Tile columns [col_begin, col_end) of tile row ty met by the ellipse around (mx, my): the exact
+// x-extent of the ellipse within the row's band of pixel centres (AccuTile/SnugBox), widened
+// by FOOTPRINT_MARGIN.
+__device__ inline void footprint_cols(
+    float mx, float my, float cov_a, float cov_b, float cov_c, float q, int ty, int tiles_x, int& col_begin, int& col_end) {
+    // Row ty holds pixel centres y in [ty*T + 0.5, ty*T + T - 0.5], columns likewise in x.
+    float left, right;
+    if (!ellipse_band_extent(cov_a, cov_b, cov_c, q, ty * TILE + 0.5f - my - FOOTPRINT_MARGIN,
+                             ty * TILE + TILE - 0.5f - my + FOOTPRINT_MARGIN, left, right)) {
+        col_begin = col_end = 0;
+        return;
+    }
     col_begin = max(0, clamp_tile(ceilf((mx + left - FOOTPRINT_MARGIN - (TILE - 0.5f)) / TILE), tiles_x));
     col_end = min(tiles_x, clamp_tile(floorf((mx + right + FOOTPRINT_MARGIN - 0.5f) / TILE), tiles_x) + 1);
     if (col_end < col_begin) col_end = col_begin;
+}
+
+// Whether the ellipse around (mx, my) holds a pixel centre of the rectangle of pixel centres
+// [x0, x1] x [y0, y1], up to FOOTPRINT_MARGIN (so it never answers no wrongly).
+__device__ inline bool ellipse_meets_rect(float mx, float my, float4 footprint, float x0, float x1, float y0, float y1) {
+    float left, right;
+    return ellipse_band_extent(footprint.x, footprint.y, footprint.z, footprint.w, y0 - my - FOOTPRINT_MARGIN,
+                               y1 - my + FOOTPRINT_MARGIN, left, right) &&
+           mx + left - FOOTPRINT_MARGIN <= x1 && mx + right + FOOTPRINT_MARGIN >= x0;
 }
 
 #endif  // __CUDACC__

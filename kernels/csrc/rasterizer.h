@@ -54,12 +54,13 @@ struct BlendArgs {
     int num_views, width, height;
     const int2* ranges;  // (V * tiles) [begin, end) into values
     const uint32_t* values;
-    const float4 *splat_a, *splat_b;
+    const float4 *splat_a, *splat_b, *footprint;
     const float* background;  // 3 floats on the device
     uint8_t* image;           // (V, H, W, 3), written when final
     float4* state;            // (V, H, W) colour and +-transmittance between chunks, or nullptr
     bool resume;              // start from state instead of an empty pixel
     bool final;               // write image (else state)
+    bool warp_cull;           // test splats against each warp's pixels first (blend.cu)
 };
 cudaError_t launch_blend(const BlendArgs& args, cudaStream_t stream);
 

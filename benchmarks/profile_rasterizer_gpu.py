@@ -1,0 +1,111 @@
+"""Where a frame of the CUDA rasterizer spends its time, for kernels/NOTES.md (issue 3).
+
+    python benchmarks/profile_rasterizer_gpu.py OUT.json
+
+For each benchmark case and blending variant: the median of a whole ``render_i420`` call
+(CUDA events, as the benchmark), of the graph replay alone (the GPU's share), and of each
+stage's launch when run eagerly between CUDA events (the graph runs the same launches without
+the gaps); plus the work: entries, entries with pairs, pairs, and tile list lengths.
+"""
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+import torch
+from test_rasterizer_gpu import BACKGROUND, CASES, case_views, cloud_of
+
+from splatcast.kernels.cuda_rasterizer import CudaRasterizer
+
+FRAMES = 40
+
+
+class StageTimer:
+    """The extension module with CUDA events around each kernel-launching call."""
+
+    def __init__(self, extension) -> None:
+        self.extension = extension
+        self.events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
+
+    def __getattr__(self, name: str):
+        function = getattr(self.extension, name)
+        if name == "sort_temp_bytes":
+            return function
+
+        def timed(*args):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            result = function(*args)
+            end.record()
+            self.events.append((name, start, end))
+            return result
+
+        return timed
+
+
+def median_ms(call) -> float:
+    for _ in range(5):
+        call()
+    times = []
+    for _ in range(FRAMES):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        call()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return round(statistics.median(times), 4)
+
+
+def profile(case: str, storage: torch.dtype, warp_cull: bool) -> dict:
+    n, setup = CASES[case]
+    cloud, (views, per_frame) = cloud_of(n), case_views(setup)
+    rasterizer = CudaRasterizer(n, storage=storage)
+    rasterizer._warp_cull = warp_cull
+    call_ms = median_ms(lambda: rasterizer.render_i420(cloud, views, BACKGROUND, per_frame))
+    (plan,) = rasterizer._plans.values()
+    replay_ms = median_ms(plan.graph.replay)
+
+    entries = len(views) * n
+    lengths = (plan.ranges[:, 1] - plan.ranges[:, 0]).float()
+    busy = lengths[lengths > 0]
+    result = {
+        "case": case, "storage": str(storage), "warp_cull": warp_cull, "call_ms": call_ms, "replay_ms": replay_ms,
+        "entries": entries, "entries_with_pairs": int((rasterizer._tile_counts[:entries] > 0).sum()),
+        "pairs": int(rasterizer._ends[entries - 1]), "pair_slots": plan.pair_slots,
+        "busy_tiles": int(busy.numel()), "mean_list": round(float(busy.mean()), 1), "max_list": int(busy.max()),
+    }
+    del rasterizer, plan
+
+    eager = CudaRasterizer(n, storage=storage, graphs=False)
+    eager._warp_cull = warp_cull
+    eager.render_i420(cloud, views, BACKGROUND, per_frame)
+    timer = StageTimer(eager._ext)
+    eager._ext = timer
+    stages = defaultdict(list)
+    for _ in range(FRAMES // 2):
+        timer.events.clear()
+        eager.render_i420(cloud, views, BACKGROUND, per_frame)
+        torch.cuda.synchronize()
+        for name, start, end in timer.events:
+            stages[name].append(start.elapsed_time(end))
+    result["stages_ms"] = {name: round(statistics.median(times), 4) for name, times in stages.items()}
+    del eager
+    torch.cuda.empty_cache()
+    return result
+
+
+def main(path: str) -> None:
+    results = [profile(case, torch.float16, cull) for case in CASES for cull in (True, False)]
+    results.append(profile("100k-1080p", torch.float32, True))
+    with open(path, "w") as f:
+        json.dump({"device": torch.cuda.get_device_name(), "profiles": results}, f, indent=1)
+    for r in results:
+        stages = " ".join(f"{k}={v:.3f}" for k, v in r["stages_ms"].items())
+        print(f"{r['case']:20} {r['storage'][6:]:8} cull={int(r['warp_cull'])} call={r['call_ms']:.3f} replay={r['replay_ms']:.3f} "
+              f"pairs={r['pairs']} vis={r['entries_with_pairs']}/{r['entries']} list={r['mean_list']}/{r['max_list']} | {stages}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
