@@ -381,7 +381,7 @@ class CudaRasterizer:
             plan.inputs.copy_(plan.inputs_host, non_blocking=True)
             self.passes = 1
             self._run(packed, plan)
-            total = self._pair_total(plan)
+            total = self._finish(plan)
             if total > plan.pair_slots:
                 if total <= self.max_pairs:
                     plan.pair_slots = min(self.max_pairs, total * 5 // 4)
@@ -389,6 +389,7 @@ class CudaRasterizer:
                     self._run(packed, plan)
                 else:
                     self._render_in_chunks(plan, total)
+                self._finish(plan)
             elif total < plan.pair_slots // 4 and plan.pair_slots > 1 << 16:
                 plan.underused += 1
                 if plan.underused >= _SHRINK_AFTER:
@@ -398,14 +399,16 @@ class CudaRasterizer:
                 plan.underused = 0
         return plan
 
-    def _pair_total(self, plan: _Plan) -> int:
-        """Pairs the frame made (a synchronising read of one number)."""
+    def _finish(self, plan: _Plan) -> int:
+        """Copy the I420 frames (if any) to pinned memory, wait for the frame, and return the pairs
+        it made: the one number read back."""
+        if plan.i420 is not None:
+            plan.i420_host.copy_(plan.i420, non_blocking=True)
         entries = plan.num_views * plan.num_gaussians
-        if entries == 0:
-            return 0
-        self._total_host.copy_(self._ends[entries - 1 : entries], non_blocking=True)
+        if entries > 0:
+            self._total_host.copy_(self._ends[entries - 1 : entries], non_blocking=True)
         torch.cuda.current_stream().synchronize()
-        return int(self._total_host[0])
+        return int(self._total_host[0]) if entries > 0 else 0
 
     def _render_in_chunks(self, plan: _Plan, total: int) -> None:
         """A frame of more than ``max_pairs`` pairs: consecutive ranges of the depth-ordered pair
@@ -449,9 +452,6 @@ class CudaRasterizer:
         if views.width % 2 or views.height % 2:
             raise ValueError(f"I420 needs even view sizes, got {views.width}x{views.height}")
         plan = self._render(cloud, views, background, counts)
-        with torch.cuda.device(self.device):
-            plan.i420_host.copy_(plan.i420, non_blocking=True)
-            torch.cuda.current_stream().synchronize()
         planes = []
         h = plan.height
         for offset, width in plan.frames:
