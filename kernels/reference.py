@@ -44,6 +44,7 @@ FRUSTUM_GUARD = 0.3
 _PAIR_BATCH = 1 << 18
 """Target number of (pixel, Gaussian) evaluations per rasterization step: bounds memory."""
 _DEPTH_SLICE = 64
+_FIRST_SLICE = 16
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,14 @@ class _Blender:
         self.fused = os.environ.get("SPLATCAST_NO_COMPILE") != "1"
 
     def __call__(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        tiles = args[0].shape[0]
+        if tiles == 1:
+            # torch.compile specialises size-1 dimensions; padding to two avoids a recompile.
+            args = tuple(a if a.ndim == 1 else a.expand(2, *a.shape[1:]) for a in args)
+            return tuple(out[:1] for out in self._run(*args))
+        return self._run(*args)
+
+    def _run(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.fused:
             try:
                 if self._compiled is None:
@@ -272,7 +281,7 @@ def rasterize(
     while start < len(busy):
         # A batch of tiles of similar depth complexity, sized to the evaluation budget.
         depth = int(counts[busy[start]])
-        batch_size = max(1, _PAIR_BATCH // (pixels_per_tile * min(depth, _DEPTH_SLICE)))
+        batch_size = max(1, _PAIR_BATCH // (pixels_per_tile * min(depth, _FIRST_SLICE)))
         tiles = busy[start : start + batch_size]
         start += batch_size
         view_tile = tiles % tiles_per_view
@@ -285,8 +294,12 @@ def rasterize(
         transmittance = torch.ones(len(tiles), pixels_per_tile, dtype=means2d.dtype, device=means2d.device)
         done = torch.zeros(len(tiles), pixels_per_tile, dtype=torch.bool, device=means2d.device)
         active = torch.arange(len(tiles), device=means2d.device)
-        for slice_start in range(0, depth, _DEPTH_SLICE):
-            k = torch.arange(slice_start, min(slice_start + _DEPTH_SLICE, depth), device=means2d.device)
+        slice_start, slice_size = 0, _FIRST_SLICE
+        while slice_start < depth:
+            # Opaque surfaces saturate a pixel within a few splats: start with a thin slice and
+            # widen it for the tiles that go on (silhouettes), so few Python steps are taken.
+            k = torch.arange(slice_start, slice_start + slice_size, device=means2d.device)  # padded: few shapes
+            slice_start, slice_size = slice_start + slice_size, min(2 * slice_size, _DEPTH_SLICE)
             valid = k[None, :] < tile_counts[active, None]
             idx = bins.entries[(first[active, None] + k[None, :]).clamp_max(len(bins.entries) - 1)]
             added, transmittance[active], done[active] = _blend(
