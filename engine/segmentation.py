@@ -1,7 +1,8 @@
 """Person segmentation without downloaded weights.
 
 Two sources, tried in order:
-1. The photo's alpha channel, when it has a real one (a cut-out from any matting tool).
+1. The photo's alpha channel, when it has a real one (a cut-out from any matting tool): taken
+   as it is, opaque where alpha >= 0.5.
 2. OpenCV's GrabCut (colour-model graph cut; no learned weights), seeded from a frontal face
    found by scikit-image's LBP cascade (the OpenCV cascade file that scikit-image ships). With a
    face, the seed is a head-and-torso box below and around it; without one, a box inset from the
@@ -88,9 +89,8 @@ def segment_person(image: np.ndarray, iterations: int = 5) -> Segmentation:
     else:
         if float(rgb.std()) < 0.02:
             raise PersonNotFoundError("no person found: the photo is a single flat colour")
-        mask = _grabcut(rgb, face_box, iterations)
+        mask = _clean(_grabcut(rgb, face_box, iterations), face_box)
         method = "grabcut"
-    mask = _clean(mask, face_box)
     area = float(mask.mean())
     if not MIN_AREA <= area <= MAX_AREA:
         raise PersonNotFoundError(

@@ -9,5 +9,16 @@ or SMPL-X through ``smplx``, from model files the user downloads and points at).
 from .anny_body import AnnyBody
 from .body_model import BodyModel, BodyModelError
 from .fit import DEFAULT_FOV_DEG, BodyFit, default_intrinsics, fit_body
+from .smpl_body import SmplBody, smpl_model_file
 
-__all__ = ["DEFAULT_FOV_DEG", "AnnyBody", "BodyFit", "BodyModel", "BodyModelError", "default_intrinsics", "fit_body"]
+__all__ = [
+    "DEFAULT_FOV_DEG",
+    "AnnyBody",
+    "BodyFit",
+    "BodyModel",
+    "BodyModelError",
+    "SmplBody",
+    "default_intrinsics",
+    "fit_body",
+    "smpl_model_file",
+]

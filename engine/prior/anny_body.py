@@ -46,23 +46,20 @@ class AnnyBody(BodyModel):
         head = self._model.bone_labels.index("head")
         weights = torch.where(self._model.vertex_bone_indices == head, self._model.vertex_bone_weights, 0.0).sum(1)
         self.head_vertices = torch.nonzero(weights >= HEAD_WEIGHT).squeeze(1)
-        rest = self._posed(torch.zeros(2, dtype=torch.float64))
-        self._offset = soles_to_origin(rest, self._root())
+        self._offset = torch.zeros(3, dtype=torch.float64)
+        self._offset = soles_to_origin(self.posed(torch.zeros(2, dtype=torch.float64)), self._root())
 
     def _root(self) -> torch.Tensor:
         """The root bone's head (the pelvis) in Anny's rest pose, body-frame axes."""
         output = self._model(phenotype_kwargs=self._phenotype)
         return _ANNY_TO_BODY @ output["rest_bone_heads"][0, self._model.bone_labels.index("root")]
 
-    def _posed(self, arm_angles: torch.Tensor) -> torch.Tensor:
+    def posed(self, arm_angles: torch.Tensor) -> torch.Tensor:
         pose = {}
         for bone, axis, angle in zip(_ARM_BONES, _ARM_AXES, arm_angles):
             transform = torch.eye(4, dtype=torch.float64)
             transform[:3, :3] = roma.rotvec_to_rotmat(torch.tensor(axis, dtype=torch.float64) * angle.double())
             pose[bone] = transform[None]
         output = self._model(pose_parameters=pose, phenotype_kwargs=self._phenotype)
-        return output["vertices"][0] @ _ANNY_TO_BODY.T
-
-    def vertices(self, arm_angles: torch.Tensor) -> torch.Tensor:
-        return (self._posed(arm_angles) + self._offset).float()
+        return output["vertices"][0] @ _ANNY_TO_BODY.T + self._offset
 

@@ -19,6 +19,7 @@ minimising with Adam:
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import cv2
@@ -87,6 +88,23 @@ def fit_body(
         from .anny_body import AnnyBody
 
         body_model = AnnyBody()
+    with _single_threaded():
+        return _fit(segmentation, body_model, intrinsics, steps)
+
+
+@contextmanager
+def _single_threaded():
+    """Run torch on one thread: the fit's tensors are a few thousand points, too small to gain
+    from intra-op threads, and on a busy machine their spin-waits cost ten times over."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(segmentation: Segmentation, body_model: BodyModel, intrinsics: torch.Tensor | None, steps: int) -> BodyFit:
     height, width = segmentation.mask.shape
     intrinsics = default_intrinsics(width, height) if intrinsics is None else intrinsics.float()
     scale = min(1.0, FIT_SIDE / max(height, width))
@@ -97,8 +115,7 @@ def fit_body(
     targets = _Targets(mask, face)
 
     rest = body_model.vertices(torch.tensor(body_model.arms_down))
-    translation0 = _initial_translation(rest, body_model, fit_k, targets)
-    translation = translation0.clone().requires_grad_(True)
+    translation = _initial_translation(rest, body_model, fit_k, targets).requires_grad_(True)
     rotvec = torch.zeros(3, requires_grad=True)
     log_scale = torch.zeros(1, requires_grad=True)
     arms = torch.tensor(body_model.arms_down, requires_grad=True)
@@ -143,24 +160,32 @@ def _project(points: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
 
 
 def _initial_translation(rest: torch.Tensor, body: BodyModel, intrinsics: torch.Tensor, targets: _Targets) -> torch.Tensor:
-    """Depth from the face's size (else the mask's width against the shoulders), head or mask top in place."""
+    """Where to start: the head on the face box at the depth its size implies; without a face, the
+    crown on the mask's top centre at whichever of a range of depths fits the mask best."""
     focal = float(intrinsics[0, 0])
     rest_camera = rest @ _FACING_CAMERA.T
-    head = rest_camera[body.head_vertices]
-    head_centre = head.mean(0)
     if targets.face is not None:
         x, y, w, h = targets.face.tolist()
-        head_width = float(_spread(head[:, 0]))
-        depth = focal * head_width / (HEAD_WIDTH_PER_FACE * w)
-        pixel = torch.tensor([x + w / 2, y + h / 2])
-    else:
-        ys, xs = np.nonzero(targets.mask)
-        shoulders = float(rest_camera[:, 0].max() - rest_camera[:, 0].min()) * 0.6
-        depth = focal * shoulders / max(1.0, float(np.percentile(xs, 95) - np.percentile(xs, 5)))
-        head_height = float(head[:, 1].max() - head[:, 1].min())
-        pixel = torch.tensor([float(np.median(xs)), float(ys.min()) + 0.5 * head_height * focal / depth])
-    ray = (pixel - intrinsics[:2, 2]) / focal
-    return torch.cat([ray * depth, torch.tensor([depth])]) - head_centre
+        head = rest_camera[body.head_vertices]
+        depth = focal * float(_spread(head[:, 0])) / (HEAD_WIDTH_PER_FACE * w)
+        return _on_ray(torch.tensor([x + w / 2, y + h / 2]), depth, head.mean(0), intrinsics)
+    ys, xs = np.nonzero(targets.mask)
+    top = float(ys.min())
+    crown = rest_camera[rest_camera[:, 1].argmin()]
+    best = None
+    for depth in np.geomspace(0.5, 20.0, 40):
+        translation = _on_ray(torch.tensor([float(np.median(xs)), top]), float(depth), crown, intrinsics)
+        points = rest_camera + translation
+        loss = float(targets.loss(_project(points, intrinsics), points, body))
+        if best is None or loss < best[0]:
+            best = (loss, translation)
+    return best[1]
+
+
+def _on_ray(pixel: torch.Tensor, depth: float, anchor: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
+    """The translation that puts the body point ``anchor`` (camera axes) on ``pixel``'s ray at ``depth``."""
+    ray = (pixel - intrinsics[:2, 2]) / intrinsics.diagonal()[:2]
+    return torch.cat([ray * depth, torch.tensor([depth])]) - anchor
 
 
 def _spread(values: torch.Tensor) -> torch.Tensor:
