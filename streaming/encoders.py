@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 RTP_CLOCK = 90_000
 TIME_BASE = fractions.Fraction(1, RTP_CLOCK)
 BITRATE_HYSTERESIS = 0.25
+X264_CRF = 23
 KEYFRAME_INTERVAL_S = 10
 """Periodic keyframes are a safety net only: receivers ask for one with PLI when they need it."""
 
@@ -47,11 +48,14 @@ def h264_codec_name() -> str:
 def _codec_options(codec_name: str, fps: int, bitrate: int) -> dict[str, str]:
     keyint = str(KEYFRAME_INTERVAL_S * fps)
     if codec_name == "libx264":
+        # Constant quality capped by VBV rather than a bits-per-frame budget: when the renderer
+        # delivers fewer frames than ``fps`` (a CPU), each frame still gets the bits it needs.
+        kbps = bitrate // 1000
         return {
             "preset": "ultrafast",
             "tune": "zerolatency",
             "profile": "baseline",  # what browsers negotiate for WebRTC (42e01f)
-            "x264-params": f"keyint={keyint}:bframes=0:repeat-headers=1:vbv-maxrate={bitrate // 1000}:vbv-bufsize={bitrate // 1000 // fps * 2}",
+            "x264-params": f"keyint={keyint}:bframes=0:repeat-headers=1:crf={X264_CRF}:vbv-maxrate={kbps}:vbv-bufsize={kbps // 2}",
         }
     if codec_name == "h264_nvenc":
         return {"preset": "p1", "tune": "ull", "zerolatency": "1", "delay": "0", "bf": "0", "rc": "cbr", "profile": "baseline", "g": keyint}
@@ -75,6 +79,7 @@ class VideoEncoder:
         self.fps = fps
         self.bitrate = bitrate
         self._context: av.VideoCodecContext | None = None
+        self._opened_bitrate = 0
 
     def _open(self, width: int, height: int) -> av.VideoCodecContext:
         context = av.CodecContext.create(self.codec_name, "w")
@@ -82,10 +87,12 @@ class VideoEncoder:
         context.pix_fmt = "yuv420p"
         context.time_base = TIME_BASE
         context.framerate = fractions.Fraction(self.fps, 1)
-        context.bit_rate = self.bitrate
+        if self.codec_name != "libx264":  # x264 runs constant quality under a VBV cap instead
+            context.bit_rate = self.bitrate
         context.max_b_frames = 0
         context.options = _codec_options(self.codec_name, self.fps, self.bitrate)
         context.open()
+        self._opened_bitrate = self.bitrate
         return context
 
     def encode(self, frame: av.VideoFrame, keyframe: bool = False) -> list[av.Packet]:
@@ -94,7 +101,7 @@ class VideoEncoder:
         if (
             context is None
             or (context.width, context.height) != (frame.width, frame.height)
-            or abs(self.bitrate - context.bit_rate) > BITRATE_HYSTERESIS * context.bit_rate
+            or abs(self.bitrate - self._opened_bitrate) > BITRATE_HYSTERESIS * self._opened_bitrate
         ):
             context = self._context = self._open(frame.width, frame.height)
             keyframe = True
