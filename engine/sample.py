@@ -10,7 +10,8 @@ body is dropped, and the cut at the chest is closed flat. Made by the weight-fre
 
 World placement: metres, y up, facing +z, as if standing on y = 0 (the fitted body's soles),
 so the bust floats at chest-to-head height, about 1.1 m to 1.75 m, its bounding box centred
-on x = z = 0. Front and side renders go to ``docs/sample_front.png`` and ``docs/sample_side.png``.
+on x = z = 0. Front and side renders (from her right, azimuth -90 degrees) go to
+``docs/sample_front.png`` and ``docs/sample_side.png``.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.output}: {len(cloud):,} Gaussians, bounds {lo.tolist()} .. {hi.tolist()} m, {time.perf_counter() - start:.1f} s")
     if not args.no_renders:
         args.docs.mkdir(parents=True, exist_ok=True)
-        front, side = render_turntable(cloud, [0.0, 90.0])
+        front, side = render_turntable(cloud, [0.0, -90.0])
         for name, image in (("sample_front.png", front), ("sample_side.png", side)):
             Image.fromarray(image).save(args.docs / name)
             print(args.docs / name)

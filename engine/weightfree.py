@@ -136,7 +136,8 @@ class _WorkGrid:
 
     def back_colour(self) -> np.ndarray:
         """A plausible back: the front blurred wide; behind the head, the hair above the face
-        tiled over it (darkened a little, as the back of a head is seen in its own shadow)."""
+        tiled over it (mirrored, so tiles meet without seams; softened and darkened a little, as
+        the back of a head is seen in its own shadow)."""
         ys, xs = np.nonzero(self.mask)
         sigma = BACK_BLUR * max(ys.max() - ys.min(), xs.max() - xs.min(), 1)
         weight = self.mask.astype(np.float32)
@@ -152,7 +153,8 @@ class _WorkGrid:
         if len(rows) < 2 or len(cols) < 2 or band.mean() < 0.8:
             return blurred
         v, u = np.mgrid[0 : self.height, 0 : self.width]
-        hair = self.colour[rows[(v - rows[0]) % len(rows)], cols[(u - cols[0]) % len(cols)]] * HAIR_SHADE
+        hair = self.colour[rows[_mirrored(v - rows[0], len(rows))], cols[_mirrored(u - cols[0], len(cols))]]
+        hair = cv2.GaussianBlur(hair, (0, 0), 0.02 * w) * HAIR_SHADE
         # An ellipse over the head down to the chin, with a soft edge.
         distance = np.hypot((u + 0.5 - (x + w / 2)) / (0.75 * w), (v + 0.5 - (y + 0.35 * h)) / (0.75 * h))
         head = np.clip((1.0 - distance) * 8.0 + 0.5, 0.0, 1.0)[..., None]
@@ -199,6 +201,12 @@ class _WorkGrid:
         axes = np.eye(3)[None] * sigma[:, None, None]
         colours = (1 - fraction) * colours_front[ys, xs] + fraction * colours_back[ys, xs]
         return torch.from_numpy(points).float(), torch.from_numpy(axes).float(), torch.from_numpy(colours).float()
+
+
+def _mirrored(index: np.ndarray, n: int) -> np.ndarray:
+    """Indices into n items, repeating back and forth: 0, 1, .., n-1, n-1, .., 0, 0, 1, .."""
+    k = index % (2 * n)
+    return np.where(k < n, k, 2 * n - 1 - k)
 
 
 def _rasterise_depth(
