@@ -10,9 +10,11 @@ minimising with Adam:
   cut off by the frame fits with the rest of the body running out of the picture;
 - cover: mask contour points far from every projected vertex (truncated: hair and loose clothes
   stand off the body);
-- face: the head's projected centre and size against the detected face box (the only 2D
-  landmark available without downloaded weights: scikit-image ships an LBP face cascade, no
-  package ships body-keypoint weights that install cleanly here);
+- face: the head's projected centre and width against the detected face box, the one 2D
+  landmark to be had without downloaded weights (scikit-image ships an LBP face cascade).
+  No body-keypoint detector qualifies: MediaPipe's current wheel carries no model files and
+  fetches them at run time, its older wheels that bundled a pose model need numpy < 2, and
+  rtmlib downloads its ONNX models on first use;
 - priors on rotation, scale and arm angles.
 """
 
@@ -35,7 +37,7 @@ DEFAULT_FOV_DEG = 40.0
 FIT_SIDE = 256
 """The mask is fitted at this size on its longer side (pixels)."""
 HEAD_WIDTH_PER_FACE = 1.05
-"""Projected head width (ear to ear) over the LBP face box width, measured on frontal faces."""
+"""Projected head width (ear to ear) over the LBP face box width; set by eye on the astronaut photo."""
 
 LEAN_PRIOR = torch.tensor([10.0, 1.0, 10.0])
 """Prior weights on the body's rotation vector (x: lean forward, y: turn, z: lean sideways)."""
