@@ -2,10 +2,12 @@
 
     python benchmarks/profile_rasterizer_gpu.py OUT.json
 
-For each benchmark case and blending variant: the median of a whole ``render_i420`` call
-(CUDA events, as the benchmark), of the graph replay alone (the GPU's share), and of each
-stage's launch when run eagerly between CUDA events (the graph runs the same launches without
-the gaps); plus the work: entries, entries with pairs, pairs, and tile list lengths.
+For each benchmark case, with and without the heaviest-tiles-first block order: the median of a
+whole ``render_i420`` call (CUDA events, as the benchmark), of the graph replay alone (the GPU's
+share), and of each stage's launch when run eagerly between CUDA events (the graph runs the
+same launches without the gaps; eager times of small launches are mostly launch latency); the
+blending of the heaviest tile alone (the floor of the blending launch); and the work: entries,
+entries with pairs, pairs, and tile list lengths.
 """
 
 import json
@@ -58,11 +60,11 @@ def median_ms(call) -> float:
     return round(statistics.median(times), 4)
 
 
-def profile(case: str, storage: torch.dtype, warp_cull: bool) -> dict:
+def profile(case: str, storage: torch.dtype, heavy_first: bool) -> dict:
     n, setup = CASES[case]
     cloud, (views, per_frame) = cloud_of(n), case_views(setup)
     rasterizer = CudaRasterizer(n, storage=storage)
-    rasterizer._warp_cull = warp_cull
+    rasterizer._heavy_first = heavy_first
     call_ms = median_ms(lambda: rasterizer.render_i420(cloud, views, BACKGROUND, per_frame))
     (plan,) = rasterizer._plans.values()
     replay_ms = median_ms(plan.graph.replay)
@@ -71,7 +73,7 @@ def profile(case: str, storage: torch.dtype, warp_cull: bool) -> dict:
     lengths = (plan.ranges[:, 1] - plan.ranges[:, 0]).float()
     busy = lengths[lengths > 0]
     result = {
-        "case": case, "storage": str(storage), "warp_cull": warp_cull, "call_ms": call_ms, "replay_ms": replay_ms,
+        "case": case, "storage": str(storage), "heavy_first": heavy_first, "call_ms": call_ms, "replay_ms": replay_ms,
         "entries": entries, "entries_with_pairs": int((rasterizer._tile_counts[:entries] > 0).sum()),
         "pairs": int(rasterizer._ends[entries - 1]), "pair_slots": plan.pair_slots,
         "busy_tiles": int(busy.numel()), "mean_list": round(float(busy.mean()), 1), "max_list": int(busy.max()),
@@ -79,7 +81,7 @@ def profile(case: str, storage: torch.dtype, warp_cull: bool) -> dict:
     del rasterizer, plan
 
     eager = CudaRasterizer(n, storage=storage, graphs=False)
-    eager._warp_cull = warp_cull
+    eager._heavy_first = heavy_first
     eager.render_i420(cloud, views, BACKGROUND, per_frame)
     timer = StageTimer(eager._ext)
     eager._ext = timer
@@ -91,20 +93,29 @@ def profile(case: str, storage: torch.dtype, warp_cull: bool) -> dict:
         for name, start, end in timer.events:
             stages[name].append(start.elapsed_time(end))
     result["stages_ms"] = {name: round(statistics.median(times), 4) for name, times in stages.items()}
-    del eager
+
+    (plan,) = eager._plans.values()
+    lengths = plan.ranges[:, 1] - plan.ranges[:, 0]
+    alone = torch.zeros_like(plan.ranges)
+    alone[lengths.argmax()] = plan.ranges[lengths.argmax()]
+    result["heaviest_tile_blend_ms"] = median_ms(lambda: timer.extension.blend(
+        alone, None, eager._pair_values_sorted, eager._splats, plan.background, plan.num_views, plan.width, plan.height,
+        plan.image, None, False, True))
+    del eager, plan
     torch.cuda.empty_cache()
     return result
 
 
 def main(path: str) -> None:
-    results = [profile(case, torch.float16, cull) for case in CASES for cull in (True, False)]
+    results = [profile(case, torch.float16, order) for case in CASES for order in (True, False)]
     results.append(profile("100k-1080p", torch.float32, True))
     with open(path, "w") as f:
         json.dump({"device": torch.cuda.get_device_name(), "profiles": results}, f, indent=1)
     for r in results:
         stages = " ".join(f"{k}={v:.3f}" for k, v in r["stages_ms"].items())
-        print(f"{r['case']:20} {r['storage'][6:]:8} cull={int(r['warp_cull'])} call={r['call_ms']:.3f} replay={r['replay_ms']:.3f} "
-              f"pairs={r['pairs']} vis={r['entries_with_pairs']}/{r['entries']} list={r['mean_list']}/{r['max_list']} | {stages}")
+        print(f"{r['case']:20} {r['storage'][6:]:8} heavy_first={int(r['heavy_first'])} call={r['call_ms']:.3f} replay={r['replay_ms']:.3f} "
+              f"pairs={r['pairs']} vis={r['entries_with_pairs']}/{r['entries']} list={r['mean_list']}/{r['max_list']} "
+              f"heaviest={r['heaviest_tile_blend_ms']:.3f} | {stages}")
 
 
 if __name__ == "__main__":

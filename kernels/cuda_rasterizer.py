@@ -7,7 +7,8 @@ A frame is a fixed sequence of launches over buffers that only grow:
    the exact set of 16x16 tiles its opacity-aware ellipse meets).
 2. One radix sort of all (view, Gaussian) entries by depth, a scan of their tile counts, pairs
    emitted in depth order, one stable radix sort of all pairs by (view | tile).
-3. ``blend``: one block per tile, splats staged in shared memory, early termination.
+3. ``blend``: one block per tile (the longest tile lists first), splats staged in shared
+   memory and culled per warp, early termination.
 4. ``rgb_to_i420``: each view written into its frame, views of a frame side by side.
 
 Since no launch depends on a value read back by the host, a whole frame is captured once per
@@ -155,7 +156,8 @@ class _Plan:
     inputs_host: torch.Tensor  # pinned: view parameters then background
     inputs: torch.Tensor
     image: torch.Tensor
-    ranges: torch.Tensor
+    ranges: torch.Tensor  # (V * tiles, 2) each tile's [begin, end) in the sorted pairs
+    order: torch.Tensor  # (4, V * tiles): tile loads, tile ids, and both sorted by load, descending
     pair_slots: int
     i420: torch.Tensor | None = None
     i420_host: torch.Tensor | None = None
@@ -223,7 +225,7 @@ class CudaRasterizer:
         self._plans: OrderedDict[tuple, _Plan] = OrderedDict()
         self._packed: tuple[GaussianCloud, tuple, PackedCloud] | None = None
         self._total_host = torch.zeros(1, dtype=torch.int64, pin_memory=True)
-        self._warp_cull = True
+        self._heavy_first = True
         self.passes = 0
         """Passes of the last call: 1, or the number of chunks of a call past ``max_pairs``."""
 
@@ -236,9 +238,7 @@ class CudaRasterizer:
         f32 = dict(dtype=torch.float32, device=self.device)
         i32 = dict(dtype=torch.int32, device=self.device)
         i64 = dict(dtype=torch.int64, device=self.device)
-        self._splat_a = torch.empty(entries, 4, **f32)
-        self._splat_b = torch.empty(entries, 4, **f32)
-        self._footprint = torch.empty(entries, 4, **f32)
+        self._splats = torch.empty(entries, 8, **f32)
         self._depth_keys = torch.empty(entries, **i32)
         self._entry_ids = torch.empty(entries, **i32)
         self._tile_counts = torch.empty(entries, **i32)
@@ -260,8 +260,9 @@ class CudaRasterizer:
         self._pair_capacity = pairs
         self._invalidate_graphs()
 
-    def _reserve_temp(self, entries: int, pairs: int, key_bits: int) -> None:
-        needed = self._ext.sort_temp_bytes(entries, pairs, key_bits)
+    def _reserve_temp(self, plan: _Plan, pairs: int) -> None:
+        entries, tiles = plan.num_views * plan.num_gaussians, len(plan.ranges)
+        needed = self._ext.sort_temp_bytes(entries, pairs, plan.pair_key_bits, tiles)
         if needed > self._temp.numel():
             self._temp = torch.empty(needed, dtype=torch.uint8, device=self.device)
             self._invalidate_graphs()
@@ -291,6 +292,7 @@ class CudaRasterizer:
             self._plans.move_to_end(key)
             return plan
         inputs_host = torch.zeros(20 * v + 4, dtype=torch.float32, pin_memory=True)
+        tiles = v * math.ceil(views.width / TILE_SIZE) * math.ceil(views.height / TILE_SIZE)
         plan = _Plan(
             packed=packed,
             num_gaussians=n,
@@ -300,7 +302,8 @@ class CudaRasterizer:
             inputs_host=inputs_host,
             inputs=torch.zeros_like(inputs_host, device=self.device),
             image=torch.empty(v, views.height, views.width, 3, dtype=torch.uint8, device=self.device),
-            ranges=torch.zeros(v * math.ceil(views.width / TILE_SIZE) * math.ceil(views.height / TILE_SIZE), 2, dtype=torch.int32, device=self.device),
+            ranges=torch.zeros(tiles, 2, dtype=torch.int32, device=self.device),
+            order=torch.zeros(4, tiles, dtype=torch.int32, device=self.device),
             pair_slots=min(self.max_pairs, max(4 * v * n, 1 << 16)),
         )
         if views_per_frame is not None:
@@ -320,7 +323,7 @@ class CudaRasterizer:
         ext, entries = self._ext, plan.num_views * plan.num_gaussians
         ext.preprocess(
             packed.means_opacity, packed.shape, packed.sh, packed.sh_degree, plan.views, plan.width, plan.height,
-            self._splat_a, self._splat_b, self._footprint, self._depth_keys, self._entry_ids, self._tile_counts,
+            self._splats, self._depth_keys, self._entry_ids, self._tile_counts,
         )
         ext.sort_depths(self._temp, self._depth_keys, self._entry_ids, self._depth_keys_sorted, self._entries_sorted, entries)
         ext.scan_tile_counts(self._temp, self._entries_sorted, self._tile_counts, self._counts_sorted, self._ends, entries)
@@ -331,30 +334,43 @@ class CudaRasterizer:
         keys = self._pair_keys[:slots]
         keys.fill_(-1)  # INVALID_KEY: slots no pair fills sort last and belong to no tile
         ext.emit_pairs(
-            self._entries_sorted, self._ends, self._tile_counts, self._splat_a, self._footprint, entries,
-            plan.num_gaussians, plan.width, plan.height, base, slots, keys, self._pair_values,
+            self._entries_sorted, self._ends, self._splats, entries, plan.num_gaussians, plan.width, plan.height,
+            base, slots, keys, self._pair_values,
         )
         ext.sort_pairs(self._temp, keys, self._pair_values, self._pair_keys_sorted, self._pair_values_sorted, slots, plan.pair_key_bits)
         plan.ranges.zero_()
         ext.tile_ranges(self._pair_keys_sorted, slots, plan.ranges)
+        tile_order = None
+        if self._heavy_first:
+            ext.order_tiles(self._temp, plan.ranges, *plan.order)
+            tile_order = plan.order[3]
         ext.blend(
-            plan.ranges, self._pair_values_sorted, self._splat_a, self._splat_b, self._footprint, plan.background,
-            plan.num_views, plan.width, plan.height, plan.image, state, resume, final, self._warp_cull,
+            plan.ranges, tile_order, self._pair_values_sorted, self._splats, plan.background, plan.num_views,
+            plan.width, plan.height, plan.image, state, resume, final,
         )
 
     def _frame(self, packed: PackedCloud, plan: _Plan) -> None:
-        """One whole single-pass frame: the sequence a graph captures."""
+        """One whole single-pass frame, from the staged inputs to the host copies of the I420
+        frames and the pair count: the sequence a graph captures."""
+        self._ext.copy(plan.inputs, plan.inputs_host)
         self._project_and_sort(packed, plan)
         self._bin_and_blend(plan, 0, plan.pair_slots, None, False, True)
+        self._convert_and_copy(plan)
+
+    def _convert_and_copy(self, plan: _Plan) -> None:
         if plan.i420 is not None:
             self._ext.rgb_to_i420(plan.image, plan.layout, plan.i420)
+            self._ext.copy(plan.i420_host, plan.i420)
+        entries = plan.num_views * plan.num_gaussians
+        if entries > 0:
+            self._ext.copy(self._total_host, self._ends[entries - 1 : entries])
 
     def _run(self, packed: PackedCloud, plan: _Plan) -> None:
         entries = plan.num_views * plan.num_gaussians
         self._reserve_entries(entries)
         self._reserve_pairs(plan.pair_slots)
         if not plan.temp_checked:
-            self._reserve_temp(entries, plan.pair_slots, plan.pair_key_bits)
+            self._reserve_temp(plan, plan.pair_slots)
             plan.temp_checked = True
         if not self.graphs:
             self._frame(packed, plan)
@@ -378,7 +394,6 @@ class CudaRasterizer:
             inputs = plan.inputs_host.numpy()
             inputs[: 20 * plan.num_views] = view_parameters(views).reshape(-1)
             inputs[20 * plan.num_views : 20 * plan.num_views + 3] = torch.as_tensor(background, dtype=torch.float32).cpu().reshape(3).numpy()
-            plan.inputs.copy_(plan.inputs_host, non_blocking=True)
             self.passes = 1
             self._run(packed, plan)
             total = self._finish(plan)
@@ -400,15 +415,9 @@ class CudaRasterizer:
         return plan
 
     def _finish(self, plan: _Plan) -> int:
-        """Copy the I420 frames (if any) to pinned memory, wait for the frame, and return the pairs
-        it made: the one number read back."""
-        if plan.i420 is not None:
-            plan.i420_host.copy_(plan.i420, non_blocking=True)
-        entries = plan.num_views * plan.num_gaussians
-        if entries > 0:
-            self._total_host.copy_(self._ends[entries - 1 : entries], non_blocking=True)
+        """Wait for the frame; return the pairs it made, the one number the host reads."""
         torch.cuda.current_stream().synchronize()
-        return int(self._total_host[0]) if entries > 0 else 0
+        return int(self._total_host[0]) if plan.num_views * plan.num_gaussians > 0 else 0
 
     def _render_in_chunks(self, plan: _Plan, total: int) -> None:
         """A frame of more than ``max_pairs`` pairs: consecutive ranges of the depth-ordered pair
@@ -416,13 +425,12 @@ class CudaRasterizer:
         entries and prefix sums from the single-pass attempt are still in place."""
         slots = self.max_pairs
         self._reserve_pairs(slots)
-        self._reserve_temp(plan.num_views * plan.num_gaussians, slots, plan.pair_key_bits)
+        self._reserve_temp(plan, slots)
         state = torch.empty(plan.num_views, plan.height, plan.width, 4, dtype=torch.float32, device=self.device)
         bases = range(0, total, slots)
         for i, base in enumerate(bases):
             self._bin_and_blend(plan, base, slots, state, resume=i > 0, final=i == len(bases) - 1)
-        if plan.i420 is not None:
-            self._ext.rgb_to_i420(plan.image, plan.layout, plan.i420)
+        self._convert_and_copy(plan)
         self.passes = len(bases)
 
     # Public API ------------------------------------------------------------------------------

@@ -28,9 +28,8 @@ T* ptr(const torch::Tensor& t) {
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
 void preprocess(const torch::Tensor& means_opacity, const torch::Tensor& shape, const torch::Tensor& sh, int64_t sh_degree,
-                const torch::Tensor& views, int64_t width, int64_t height, const torch::Tensor& splat_a,
-                const torch::Tensor& splat_b, const torch::Tensor& footprint, const torch::Tensor& depth_keys,
-                const torch::Tensor& entry_ids, const torch::Tensor& tile_counts) {
+                const torch::Tensor& views, int64_t width, int64_t height, const torch::Tensor& splats,
+                const torch::Tensor& depth_keys, const torch::Tensor& entry_ids, const torch::Tensor& tile_counts) {
     const c10::cuda::CUDAGuard guard(means_opacity.device());
     const int64_t n = means_opacity.size(0), v = views.size(0), entries = n * v;
     check_buffer(means_opacity, torch::kFloat32, 4 * n, "means_opacity");
@@ -41,9 +40,7 @@ void preprocess(const torch::Tensor& means_opacity, const torch::Tensor& shape, 
     check_buffer(sh, shape.scalar_type(), 0, "sh");
     TORCH_CHECK(sh.size(1) >= 3 * (sh_degree + 1) * (sh_degree + 1), "sh rows too short for degree ", sh_degree);
     check_buffer(views, torch::kFloat32, v * 20, "views");
-    check_buffer(splat_a, torch::kFloat32, 4 * entries, "splat_a");
-    check_buffer(splat_b, torch::kFloat32, 4 * entries, "splat_b");
-    check_buffer(footprint, torch::kFloat32, 4 * entries, "footprint");
+    check_buffer(splats, torch::kFloat32, 8 * entries, "splats");
     check_buffer(depth_keys, torch::kInt32, entries, "depth_keys");
     check_buffer(entry_ids, torch::kInt32, entries, "entry_ids");
     check_buffer(tile_counts, torch::kInt32, entries, "tile_counts");
@@ -59,9 +56,7 @@ void preprocess(const torch::Tensor& means_opacity, const torch::Tensor& shape, 
     args.shape = shape.data_ptr();
     args.sh = sh.data_ptr();
     args.views = ptr<const ViewParams>(views);
-    args.splat_a = ptr<float4>(splat_a);
-    args.splat_b = ptr<float4>(splat_b);
-    args.footprint = ptr<float4>(footprint);
+    args.splats = ptr<float4>(splats);
     args.depth_keys = ptr<uint32_t>(depth_keys);
     args.entry_ids = ptr<uint32_t>(entry_ids);
     args.tile_counts = ptr<uint32_t>(tile_counts);
@@ -73,14 +68,16 @@ int checked_count(int64_t n, const char* what) {
     return static_cast<int>(n);
 }
 
-int64_t sort_temp_bytes(int64_t num_entries_, int64_t num_pairs_, int64_t pair_bits) {
+int64_t sort_temp_bytes(int64_t num_entries_, int64_t num_pairs_, int64_t pair_bits, int64_t num_tiles_) {
     const int num_entries = checked_count(num_entries_, "entry"), num_pairs = checked_count(num_pairs_, "pair");
-    size_t depth = 0, scan = 0, pairs = 0;
+    const int num_tiles = checked_count(num_tiles_, "tile");
+    size_t depth = 0, scan = 0, pairs = 0, tiles = 0;
     check_cuda(depth_sort(nullptr, &depth, nullptr, nullptr, nullptr, nullptr, num_entries, 0), "depth sort size");
     check_cuda(inclusive_sum(nullptr, &scan, nullptr, nullptr, num_entries, 0), "scan size");
     check_cuda(pair_sort(nullptr, &pairs, nullptr, nullptr, nullptr, nullptr, num_pairs, static_cast<int>(pair_bits), 0),
                "pair sort size");
-    return static_cast<int64_t>(std::max({depth, scan, pairs}));
+    check_cuda(tile_sort(nullptr, &tiles, nullptr, nullptr, nullptr, nullptr, num_tiles, 0), "tile sort size");
+    return static_cast<int64_t>(std::max({depth, scan, pairs, tiles}));
 }
 
 void sort_depths(const torch::Tensor& temp, const torch::Tensor& keys_in, const torch::Tensor& entries_in,
@@ -112,16 +109,14 @@ void scan_tile_counts(const torch::Tensor& temp, const torch::Tensor& entries_so
                "scan");
 }
 
-void emit_pairs(const torch::Tensor& entries_sorted, const torch::Tensor& ends, const torch::Tensor& tile_counts,
-                const torch::Tensor& splat_a, const torch::Tensor& footprint, int64_t num_entries, int64_t num_gaussians,
+void emit_pairs(const torch::Tensor& entries_sorted, const torch::Tensor& ends, const torch::Tensor& splats,
+                int64_t num_entries, int64_t num_gaussians,
                 int64_t width, int64_t height, int64_t base, int64_t capacity, const torch::Tensor& pair_keys,
                 const torch::Tensor& pair_values) {
     const c10::cuda::CUDAGuard guard(ends.device());
     check_buffer(entries_sorted, torch::kInt32, num_entries, "entries_sorted");
     check_buffer(ends, torch::kInt64, num_entries, "ends");
-    check_buffer(tile_counts, torch::kInt32, num_entries, "tile_counts");
-    check_buffer(splat_a, torch::kFloat32, 4 * num_entries, "splat_a");
-    check_buffer(footprint, torch::kFloat32, 4 * num_entries, "footprint");
+    check_buffer(splats, torch::kFloat32, 8 * num_entries, "splats");
     check_buffer(pair_keys, torch::kInt32, capacity, "pair_keys");
     check_buffer(pair_values, torch::kInt32, capacity, "pair_values");
     EmitArgs args{};
@@ -131,9 +126,7 @@ void emit_pairs(const torch::Tensor& entries_sorted, const torch::Tensor& ends, 
     args.height = static_cast<int>(height);
     args.entries_sorted = ptr<const uint32_t>(entries_sorted);
     args.ends = ptr<const int64_t>(ends);
-    args.tile_counts = ptr<const uint32_t>(tile_counts);
-    args.splat_a = ptr<const float4>(splat_a);
-    args.footprint = ptr<const float4>(footprint);
+    args.splats = ptr<const float4>(splats);
     args.base = base;
     args.capacity = capacity;
     args.pair_keys = ptr<uint32_t>(pair_keys);
@@ -164,17 +157,39 @@ void tile_ranges(const torch::Tensor& keys_sorted, int64_t n, const torch::Tenso
                "tile ranges");
 }
 
-void blend(const torch::Tensor& ranges, const torch::Tensor& values, const torch::Tensor& splat_a,
-           const torch::Tensor& splat_b, const torch::Tensor& footprint, const torch::Tensor& background, int64_t num_views,
-           int64_t width, int64_t height, const torch::Tensor& image, const c10::optional<torch::Tensor>& state, bool resume,
-           bool final, bool warp_cull) {
+void order_tiles(const torch::Tensor& temp, const torch::Tensor& ranges, const torch::Tensor& loads,
+                 const torch::Tensor& tiles, const torch::Tensor& loads_sorted, const torch::Tensor& tile_order) {
+    const c10::cuda::CUDAGuard guard(ranges.device());
+    const int64_t n = ranges.size(0);
+    check_buffer(ranges, torch::kInt32, 2 * n, "ranges");
+    for (const auto* t : {&loads, &tiles, &loads_sorted, &tile_order}) check_buffer(*t, torch::kInt32, n, "tile order buffer");
+    check_buffer(temp, torch::kUInt8, 0, "temp");
+    check_cuda(launch_tile_loads(static_cast<uint32_t>(n), ptr<const int2>(ranges), ptr<uint32_t>(loads), ptr<uint32_t>(tiles),
+                                 stream()),
+               "tile loads");
+    size_t bytes = temp.numel();
+    check_cuda(tile_sort(temp.data_ptr(), &bytes, ptr<const uint32_t>(loads), ptr<uint32_t>(loads_sorted),
+                         ptr<const uint32_t>(tiles), ptr<uint32_t>(tile_order), checked_count(n, "tile"), stream()),
+               "tile sort");
+}
+
+// cudaMemcpyAsync between two tensors' storage on the current stream: a copy to or from pinned
+// host memory that a CUDA graph can capture, with no caching-allocator bookkeeping.
+void copy(const torch::Tensor& dst, const torch::Tensor& src) {
+    TORCH_CHECK(dst.is_contiguous() && src.is_contiguous() && dst.nbytes() >= src.nbytes(), "copy needs contiguous tensors, dst large enough");
+    TORCH_CHECK((dst.is_cuda() || dst.is_pinned()) && (src.is_cuda() || src.is_pinned()), "copy needs CUDA or pinned tensors");
+    check_cuda(cudaMemcpyAsync(dst.data_ptr(), src.data_ptr(), src.nbytes(), cudaMemcpyDefault, stream()), "copy");
+}
+
+void blend(const torch::Tensor& ranges, const c10::optional<torch::Tensor>& tile_order, const torch::Tensor& values,
+           const torch::Tensor& splats, const torch::Tensor& background, int64_t num_views, int64_t width, int64_t height,
+           const torch::Tensor& image, const c10::optional<torch::Tensor>& state, bool resume, bool final) {
     const c10::cuda::CUDAGuard guard(ranges.device());
     const int64_t tiles = (width + TILE - 1) / TILE * ((height + TILE - 1) / TILE);
     check_buffer(ranges, torch::kInt32, 2 * num_views * tiles, "ranges");
     check_buffer(values, torch::kInt32, 0, "values");
-    check_buffer(splat_a, torch::kFloat32, 0, "splat_a");
-    check_buffer(splat_b, torch::kFloat32, 0, "splat_b");
-    check_buffer(footprint, torch::kFloat32, 0, "footprint");
+    if (tile_order) check_buffer(*tile_order, torch::kInt32, num_views * tiles, "tile_order");
+    check_buffer(splats, torch::kFloat32, 0, "splats");
     check_buffer(background, torch::kFloat32, 3, "background");
     check_buffer(image, torch::kUInt8, num_views * height * width * 3, "image");
     TORCH_CHECK(final || state.has_value(), "a chunk that is not final needs a state buffer");
@@ -186,15 +201,13 @@ void blend(const torch::Tensor& ranges, const torch::Tensor& values, const torch
     args.height = static_cast<int>(height);
     args.ranges = ptr<const int2>(ranges);
     args.values = ptr<const uint32_t>(values);
-    args.splat_a = ptr<const float4>(splat_a);
-    args.splat_b = ptr<const float4>(splat_b);
-    args.footprint = ptr<const float4>(footprint);
+    args.tile_order = tile_order ? ptr<const uint32_t>(*tile_order) : nullptr;
+    args.splats = ptr<const float4>(splats);
     args.background = ptr<const float>(background);
     args.image = ptr<uint8_t>(image);
     args.state = state ? ptr<float4>(*state) : nullptr;
     args.resume = resume;
     args.final = final;
-    args.warp_cull = warp_cull;
     check_cuda(launch_blend(args, stream()), "blend");
 }
 
@@ -230,6 +243,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("emit_pairs", &emit_pairs);
     m.def("sort_pairs", &sort_pairs);
     m.def("tile_ranges", &tile_ranges);
+    m.def("order_tiles", &order_tiles);
+    m.def("copy", &copy);
     m.def("blend", &blend);
     m.def("rgb_to_i420", &rgb_to_i420);
 }

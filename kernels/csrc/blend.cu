@@ -1,14 +1,13 @@
-// Stage 3: per-tile front-to-back blending, one 16x16 block per tile of every view.
+// Stage 3: per-tile front-to-back blending, one 256-thread block per 16x16 tile of every view.
 //
 // The block stages its tile's splats through shared memory BLOCK at a time; each thread walks
 // them for its pixel and stops at the first splat that would take its transmittance under
 // TRANSMITTANCE_MIN (that splat is not blended), and the block stops once every pixel has.
 //
-// WARP_CULL: each warp owns an 8x4 pixel rectangle of the tile and first tests the staged
-// splats against it, 32 at a time with one ballot, then walks only those whose opacity-aware
-// ellipse meets its rectangle. Avatar splats span a few pixels, so most of a 16x16 tile's list
-// misses any one warp: this trades one ellipse test per splat and warp for most of the
-// per-pixel evaluations.
+// Each warp owns an 8x4 rectangle of the tile. Staging a splat also tests its opacity-aware
+// ellipse against the 8 rectangles (four row bands, two column halves), and each warp then
+// walks only the splats that meet its rectangle: avatar splats span a few pixels, so most of a
+// tile's list misses any one warp. The next batch's records are loaded while this one blends.
 #include "rasterizer.h"
 
 namespace splatcast {
@@ -47,15 +46,33 @@ struct Pixel {
     }
 };
 
-template <bool WARP_CULL>
+// Bit w set when the splat's footprint holds a pixel centre of warp w's rectangle: columns
+// [8 (w % 2), +8), rows [4 (w / 2), +4) of the tile whose first pixel centre is (x0, y0).
+__device__ inline uint32_t warp_mask(float4 a, float4 b, float x0, float y0) {
+    const float4 f = footprint_of(a, b);
+    uint32_t mask = 0;
+#pragma unroll
+    for (int band = 0; band < 4; ++band) {
+        float left, right;
+        const float band_y = y0 + 4 * band - a.y;
+        if (!ellipse_band_extent(f.x, f.y, f.z, f.w, band_y - FOOTPRINT_MARGIN, band_y + 3.0f + FOOTPRINT_MARGIN, left, right))
+            continue;
+        left += a.x - FOOTPRINT_MARGIN;
+        right += a.x + FOOTPRINT_MARGIN;
+        if (left <= x0 + 7.0f && right >= x0) mask |= 1u << (2 * band);
+        if (left <= x0 + 15.0f && right >= x0 + 8.0f) mask |= 2u << (2 * band);
+    }
+    return mask;
+}
+
 __global__ void __launch_bounds__(BLOCK) blend_kernel(BlendArgs args) {
-    const int tiles_x = gridDim.x, tiles_y = gridDim.y;
-    const int view = blockIdx.z;
+    const int tiles_x = tiles_along(args.width), tiles_per_view = tiles_x * tiles_along(args.height);
+    const uint32_t tile = args.tile_order ? args.tile_order[blockIdx.x] : blockIdx.x;
+    const int view = tile / tiles_per_view;
+    const int tile_x = tile % tiles_per_view % tiles_x, tile_y = tile % tiles_per_view / tiles_x;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    // Warp w covers an 8x4 rectangle (WARP_CULL) or two full rows of the tile.
-    const int local_x = WARP_CULL ? (warp % 2) * 8 + lane % 8 : threadIdx.x % TILE;
-    const int local_y = WARP_CULL ? (warp / 2) * 4 + lane / 8 : threadIdx.x / TILE;
-    const int x = blockIdx.x * TILE + local_x, y = blockIdx.y * TILE + local_y;
+    const int x = tile_x * TILE + (warp % 2) * 8 + lane % 8;
+    const int y = tile_y * TILE + (warp / 2) * 4 + lane / 8;
     const bool inside = x < args.width && y < args.height;
     const int64_t pixel_index = (static_cast<int64_t>(view) * args.height + y) * args.width + x;
 
@@ -70,40 +87,43 @@ __global__ void __launch_bounds__(BLOCK) blend_kernel(BlendArgs args) {
     __shared__ float4 shared_a[BLOCK];  // mean x, y, conic a, b
     __shared__ float4 shared_b[BLOCK];  // conic c, opacity, r, g
     __shared__ float shared_blue[BLOCK];
-    __shared__ float4 shared_footprint[WARP_CULL ? BLOCK : 1];
+    __shared__ uint8_t shared_mask[BLOCK];  // warps whose rectangle the splat meets
+    const float tile_x0 = tile_x * TILE + 0.5f, tile_y0 = tile_y * TILE + 0.5f;
 
-    // This warp's rectangle of pixel centres.
-    const float rect_x0 = blockIdx.x * TILE + (warp % 2) * 8 + 0.5f, rect_y0 = blockIdx.y * TILE + (warp / 2) * 4 + 0.5f;
-
-    const int2 range = args.ranges[(view * tiles_y + blockIdx.y) * tiles_x + blockIdx.x];
+    const int2 range = args.ranges[tile];
+    int index = range.x + threadIdx.x;
+    float4 next_a, next_b;
+    if (index < range.y) {
+        const int64_t entry = args.values[index];
+        next_a = args.splats[2 * entry];
+        next_b = args.splats[2 * entry + 1];
+    }
     for (int batch_begin = range.x; batch_begin < range.y; batch_begin += BLOCK) {
         // Also the barrier that lets the previous batch's shared data be overwritten.
         if (__syncthreads_count(pixel.done) == BLOCK) break;
-        const int index = batch_begin + threadIdx.x;
         if (index < range.y) {
-            const uint32_t entry = args.values[index];
-            const float4 b = args.splat_b[entry];
-            const float2 rg = unpack_half2(b.z), b0 = unpack_half2(b.w);
-            shared_a[threadIdx.x] = args.splat_a[entry];
-            shared_b[threadIdx.x] = make_float4(b.x, b.y, rg.x, rg.y);
+            const float2 rg = unpack_half2(next_b.z), b0 = unpack_half2(next_b.w);
+            shared_a[threadIdx.x] = next_a;
+            shared_b[threadIdx.x] = make_float4(next_b.x, next_b.y, rg.x, rg.y);
             shared_blue[threadIdx.x] = b0.x;
-            if (WARP_CULL) shared_footprint[threadIdx.x] = args.footprint[entry];
+            shared_mask[threadIdx.x] = warp_mask(next_a, next_b, tile_x0, tile_y0);
+        }
+        index += BLOCK;
+        if (index < range.y) {
+            const int64_t entry = args.values[index];
+            next_a = args.splats[2 * entry];
+            next_b = args.splats[2 * entry + 1];
         }
         __syncthreads();
         const int batch_size = min(BLOCK, range.y - batch_begin);
-        if (WARP_CULL) {
-            for (int first = 0; first < batch_size; first += 32) {
-                if (__all_sync(FULL_MASK, pixel.done)) break;
-                const int j = first + lane;
-                const bool meets = j < batch_size && ellipse_meets_rect(shared_a[j].x, shared_a[j].y, shared_footprint[j], rect_x0,
-                                                                        rect_x0 + 7.0f, rect_y0, rect_y0 + 3.0f);
-                for (unsigned hits = __ballot_sync(FULL_MASK, meets); hits != 0; hits &= hits - 1) {
-                    const int k = first + __ffs(hits) - 1;
-                    if (!pixel.done) pixel.blend(shared_a[k], shared_b[k], shared_blue[k]);
-                }
+        for (int first = 0; first < batch_size; first += 32) {
+            if (__all_sync(FULL_MASK, pixel.done)) break;
+            const int j = first + lane;
+            const bool meets = j < batch_size && (shared_mask[j] >> warp & 1u);
+            for (unsigned hits = __ballot_sync(FULL_MASK, meets); hits != 0; hits &= hits - 1) {
+                const int k = first + __ffs(hits) - 1;
+                if (!pixel.done) pixel.blend(shared_a[k], shared_b[k], shared_blue[k]);
             }
-        } else {
-            for (int j = 0; !pixel.done && j < batch_size; ++j) pixel.blend(shared_a[j], shared_b[j], shared_blue[j]);
         }
     }
 
@@ -125,13 +145,9 @@ __global__ void __launch_bounds__(BLOCK) blend_kernel(BlendArgs args) {
 }  // namespace
 
 cudaError_t launch_blend(const BlendArgs& args, cudaStream_t stream) {
-    if (args.num_views == 0) return cudaSuccess;
-    const dim3 grid(tiles_along(args.width), tiles_along(args.height), args.num_views);
-    if (args.warp_cull) {
-        blend_kernel<true><<<grid, BLOCK, 0, stream>>>(args);
-    } else {
-        blend_kernel<false><<<grid, BLOCK, 0, stream>>>(args);
-    }
+    const unsigned tiles = static_cast<unsigned>(args.num_views) * tiles_along(args.width) * tiles_along(args.height);
+    if (tiles == 0) return cudaSuccess;
+    blend_kernel<<<tiles, BLOCK, 0, stream>>>(args);
     return cudaGetLastError();
 }
 

@@ -32,15 +32,24 @@ struct ViewParams {
     float pad;
 };
 
-// Per (view, Gaussian) entry, written by preprocess, read by emission and blending:
-//   splat_a   = (mean_x, mean_y, conic_a, conic_b)       pixels, 1/px^2
-//   splat_b   = (conic_c, opacity, half2(r, g), half2(b, 0))
-//   footprint = (cov_a, cov_b, cov_c, q_max): 2D covariance with the dilation, and the
-//               Mahalanobis radius^2 at which opacity * exp(-q/2) falls to 1/255.
+// Per (view, Gaussian) entry, written by preprocess, read by emission and blending: one 32-byte
+// record (one memory sector, since both read it in random order) of two float4:
+//   splats[2 e]     = (mean_x, mean_y, conic_a, conic_b)       pixels, 1/px^2
+//   splats[2 e + 1] = (conic_c, opacity, half2(r, g), half2(b, 0))
+// Colours in half precision: 2^-11 relative, a tenth of an 8-bit level.
 
 __host__ __device__ inline int tiles_along(int pixels) { return (pixels + TILE - 1) / TILE; }
 
 #ifdef __CUDACC__
+
+// The opacity-aware footprint of a splat record: its 2D covariance (a, b, c) (the inverse of the
+// conic) and q_max, the Mahalanobis radius^2 where opacity * exp(-q/2) reaches ALPHA_MIN.
+// Preprocess counts tiles and emission lists them from these same stored values, so the two
+// always agree.
+__device__ inline float4 footprint_of(float4 a, float4 b) {
+    const float inv_det = 1.0f / (a.z * b.x - a.w * a.w);
+    return make_float4(b.x * inv_det, -a.w * inv_det, a.z * inv_det, 2.0f * logf(fmaxf(b.y / ALPHA_MIN, 1.0f)));
+}
 
 __device__ inline int clamp_tile(float t, int tiles) {
     // float clamp first: the value can be far outside int range for splats far off-screen.
@@ -88,8 +97,8 @@ __device__ inline bool ellipse_band_extent(float cov_a, float cov_b, float cov_c
 // Tile columns [col_begin, col_end) of tile row ty met by the ellipse around (mx, my): the exact
 // x-extent of the ellipse within the row's band of pixel centres (AccuTile/SnugBox), widened
 // by FOOTPRINT_MARGIN.
-__device__ inline void footprint_cols(
-    float mx, float my, float cov_a, float cov_b, float cov_c, float q, int ty, int tiles_x, int& col_begin, int& col_end) {
+__device__ inline void footprint_cols(float mx, float my, float4 f, int ty, int tiles_x, int& col_begin, int& col_end) {
+    const float cov_a = f.x, cov_b = f.y, cov_c = f.z, q = f.w;
     // Row ty holds pixel centres y in [ty*T + 0.5, ty*T + T - 0.5], columns likewise in x.
     float left, right;
     if (!ellipse_band_extent(cov_a, cov_b, cov_c, q, ty * TILE + 0.5f - my - FOOTPRINT_MARGIN,
@@ -100,15 +109,6 @@ __device__ inline void footprint_cols(
     col_begin = max(0, clamp_tile(ceilf((mx + left - FOOTPRINT_MARGIN - (TILE - 0.5f)) / TILE), tiles_x));
     col_end = min(tiles_x, clamp_tile(floorf((mx + right + FOOTPRINT_MARGIN - 0.5f) / TILE), tiles_x) + 1);
     if (col_end < col_begin) col_end = col_begin;
-}
-
-// Whether the ellipse around (mx, my) holds a pixel centre of the rectangle of pixel centres
-// [x0, x1] x [y0, y1], up to FOOTPRINT_MARGIN (so it never answers no wrongly).
-__device__ inline bool ellipse_meets_rect(float mx, float my, float4 footprint, float x0, float x1, float y0, float y1) {
-    float left, right;
-    return ellipse_band_extent(footprint.x, footprint.y, footprint.z, footprint.w, y0 - my - FOOTPRINT_MARGIN,
-                               y1 - my + FOOTPRINT_MARGIN, left, right) &&
-           mx + left - FOOTPRINT_MARGIN <= x1 && mx + right + FOOTPRINT_MARGIN >= x0;
 }
 
 #endif  // __CUDACC__

@@ -19,27 +19,26 @@ __global__ void gather_counts_kernel(int64_t num_entries, const uint32_t* __rest
 __global__ void emit_pairs_kernel(EmitArgs args) {
     const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= args.num_entries) return;
-    const uint32_t entry = args.entries_sorted[i];
-    const uint32_t count = args.tile_counts[entry];
     const int64_t end = args.ends[i];
-    const int64_t begin = end - count;
+    const int64_t begin = i == 0 ? 0 : args.ends[i - 1];
     const int64_t window_end = args.base + args.capacity;
-    if (count == 0 || begin >= window_end || end <= args.base) return;
+    if (begin == end || begin >= window_end || end <= args.base) return;
 
+    const uint32_t entry = args.entries_sorted[i];
     const int tiles_x = tiles_along(args.width), tiles_y = tiles_along(args.height);
     const uint32_t view_key = (entry / args.num_gaussians) * static_cast<uint32_t>(tiles_x * tiles_y);
-    const float4 a = args.splat_a[entry];
-    const float4 f = args.footprint[entry];
+    const float4 a = args.splats[2 * static_cast<int64_t>(entry)];
+    const float4 f = footprint_of(a, args.splats[2 * static_cast<int64_t>(entry) + 1]);
     const int64_t stop = min(end, window_end);
 
-    // The same footprint as preprocess counted; never more than `count` pairs are written, and
-    // slots left unwritten keep INVALID_KEY from the caller's fill.
+    // The footprint preprocess counted; never more pairs than it counted are written, and slots
+    // left unwritten keep INVALID_KEY from the caller's fill.
     int64_t k = begin;
     int row_begin, row_end;
     footprint_rows(a.y, f.z, f.w, tiles_y, row_begin, row_end);
     for (int ty = row_begin; ty < row_end && k < stop; ++ty) {
         int col_begin, col_end;
-        footprint_cols(a.x, a.y, f.x, f.y, f.z, f.w, ty, tiles_x, col_begin, col_end);
+        footprint_cols(a.x, a.y, f, ty, tiles_x, col_begin, col_end);
         const int64_t row_pairs = col_end - col_begin;
         if (k + row_pairs <= args.base) {
             k += row_pairs;
@@ -61,6 +60,15 @@ __global__ void tile_ranges_kernel(int64_t num_pairs, uint32_t num_tile_keys, co
     if (key >= num_tile_keys) return;  // unused slots sort last
     if (i == 0 || keys[i - 1] != key) ranges[key].x = static_cast<int>(i);
     if (i == num_pairs - 1 || keys[i + 1] != key) ranges[key].y = static_cast<int>(i + 1);
+}
+
+__global__ void tile_loads_kernel(uint32_t num_tiles, const int2* __restrict__ ranges, uint32_t* __restrict__ loads,
+                                  uint32_t* __restrict__ tiles) {
+    const uint32_t t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= num_tiles) return;
+    const int2 range = ranges[t];
+    loads[t] = static_cast<uint32_t>(range.y - range.x);
+    tiles[t] = t;
 }
 
 inline unsigned blocks_for(int64_t n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
@@ -85,6 +93,12 @@ cudaError_t launch_tile_ranges(int64_t num_pairs, uint32_t num_tile_keys, const 
                                cudaStream_t stream) {
     if (num_pairs == 0) return cudaSuccess;
     tile_ranges_kernel<<<blocks_for(num_pairs, 256), 256, 0, stream>>>(num_pairs, num_tile_keys, keys_sorted, ranges);
+    return cudaGetLastError();
+}
+
+cudaError_t launch_tile_loads(uint32_t num_tiles, const int2* ranges, uint32_t* loads, uint32_t* tiles, cudaStream_t stream) {
+    if (num_tiles == 0) return cudaSuccess;
+    tile_loads_kernel<<<blocks_for(num_tiles, 256), 256, 0, stream>>>(num_tiles, ranges, loads, tiles);
     return cudaGetLastError();
 }
 

@@ -55,8 +55,7 @@ __global__ void __launch_bounds__(128) preprocess_kernel(
     const float4* __restrict__ means_opacity,  // (N) x, y, z metres; opacity
     const Storage* __restrict__ shape,         // (N, 8) quaternion wxyz, scale xyz (std-dev, metres), pad
     const Storage* __restrict__ sh,            // (N, sh_stride) coefficients (K, 3) row-major
-    const ViewParams* __restrict__ views,
-    float4* __restrict__ splat_a, float4* __restrict__ splat_b, float4* __restrict__ footprint,
+    const ViewParams* __restrict__ views, float4* __restrict__ splats,
     uint32_t* __restrict__ depth_keys, uint32_t* __restrict__ entry_ids, uint32_t* __restrict__ tile_counts) {
     constexpr int K = (DEGREE + 1) * (DEGREE + 1);
     const int g = blockIdx.x * blockDim.x + threadIdx.x;
@@ -132,15 +131,20 @@ __global__ void __launch_bounds__(128) preprocess_kernel(
 
         const float mx = view.fx * px * inv_z + view.cx;
         const float my = view.fy * py * inv_z + view.cy;
-        const float extent_x = sqrtf(q_max * a), extent_y = sqrtf(q_max * c);
+        const float extent_x = sqrtf(q_max * a), extent_y = sqrtf(q_max * c);  // as the reference culls
         if (!(mx + extent_x > 0.0f && mx - extent_x < width && my + extent_y > 0.0f && my - extent_y < height)) continue;
 
+        // The record, then the tiles its footprint (derived from the record, as emission will) meets.
+        const float inv_det = 1.0f / det;
+        const float4 record_a = make_float4(mx, my, c * inv_det, -b * inv_det);
+        float4 record_b = make_float4(a * inv_det, opacity, 0.0f, 0.0f);
+        const float4 f = footprint_of(record_a, record_b);
         int row_begin, row_end;
-        footprint_rows(my, c, q_max, tiles_y, row_begin, row_end);
+        footprint_rows(my, f.z, f.w, tiles_y, row_begin, row_end);
         uint32_t count = 0;
         for (int ty = row_begin; ty < row_end; ++ty) {
             int col_begin, col_end;
-            footprint_cols(mx, my, a, b, c, q_max, ty, tiles_x, col_begin, col_end);
+            footprint_cols(mx, my, f, ty, tiles_x, col_begin, col_end);
             count += col_end - col_begin;
         }
         if (count == 0) continue;
@@ -157,13 +161,12 @@ __global__ void __launch_bounds__(128) preprocess_kernel(
 #pragma unroll
             for (int ch = 0; ch < 3; ++ch) rgb[ch] += basis[k] * coeffs[3 * k + ch];
 
-        const float inv_det = 1.0f / det;
-        splat_a[entry] = make_float4(mx, my, c * inv_det, -b * inv_det);
         const __half2 rg = __floats2half2_rn(fmaxf(rgb[0], 0.0f), fmaxf(rgb[1], 0.0f));
         const __half2 b0 = __floats2half2_rn(fmaxf(rgb[2], 0.0f), 0.0f);
-        splat_b[entry] = make_float4(a * inv_det, opacity, *reinterpret_cast<const float*>(&rg),
-                                     *reinterpret_cast<const float*>(&b0));
-        footprint[entry] = make_float4(a, b, c, q_max);
+        record_b.z = *reinterpret_cast<const float*>(&rg);
+        record_b.w = *reinterpret_cast<const float*>(&b0);
+        splats[2 * entry] = record_a;
+        splats[2 * entry + 1] = record_b;
         depth_keys[entry] = __float_as_uint(pz);
         tile_counts[entry] = count;
     }
@@ -178,7 +181,7 @@ cudaError_t launch_preprocess_typed(const PreprocessArgs& args, cudaStream_t str
 #define SPLATCAST_PREPROCESS(DEGREE)                                                                              \
     preprocess_kernel<Storage, DEGREE><<<blocks, threads, 0, stream>>>(                                           \
         args.num_gaussians, args.num_views, args.width, args.height, args.sh_stride, args.means_opacity, shape, sh, \
-        args.views, args.splat_a, args.splat_b, args.footprint, args.depth_keys, args.entry_ids, args.tile_counts)
+        args.views, args.splats, args.depth_keys, args.entry_ids, args.tile_counts)
     switch (args.sh_degree) {
         case 0: SPLATCAST_PREPROCESS(0); break;
         case 1: SPLATCAST_PREPROCESS(1); break;

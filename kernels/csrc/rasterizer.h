@@ -19,7 +19,7 @@ struct PreprocessArgs {
     const void* shape;  // (N, 8): quaternion wxyz, scale xyz, pad
     const void* sh;
     const ViewParams* views;
-    float4 *splat_a, *splat_b, *footprint;  // (V * N) entries, see common.h
+    float4* splats;  // (V * N) entry records of two float4, see common.h
     uint32_t *depth_keys, *entry_ids, *tile_counts;
 };
 cudaError_t launch_preprocess(const PreprocessArgs& args, cudaStream_t stream);
@@ -29,6 +29,8 @@ cudaError_t depth_sort(void* temp, size_t* temp_bytes, const uint32_t* keys_in, 
                        const uint32_t* values_in, uint32_t* values_out, int n, cudaStream_t stream);
 cudaError_t pair_sort(void* temp, size_t* temp_bytes, const uint32_t* keys_in, uint32_t* keys_out,
                       const uint32_t* values_in, uint32_t* values_out, int n, int key_bits, cudaStream_t stream);
+cudaError_t tile_sort(void* temp, size_t* temp_bytes, const uint32_t* loads_in, uint32_t* loads_out,
+                      const uint32_t* tiles_in, uint32_t* tiles_out, int n, cudaStream_t stream);
 cudaError_t inclusive_sum(void* temp, size_t* temp_bytes, const int64_t* in, int64_t* out, int n, cudaStream_t stream);
 
 // intersect.cu ----------------------------------------------------------------------------------
@@ -39,8 +41,7 @@ struct EmitArgs {
     int num_gaussians, width, height;
     const uint32_t* entries_sorted;  // depth order
     const int64_t* ends;             // inclusive prefix sum of tile counts in depth order
-    const uint32_t* tile_counts;
-    const float4 *splat_a, *footprint;
+    const float4* splats;
     int64_t base;      // first global pair index of this chunk
     int64_t capacity;  // pair slots in this chunk
     uint32_t *pair_keys, *pair_values;
@@ -48,19 +49,21 @@ struct EmitArgs {
 cudaError_t launch_emit_pairs(const EmitArgs& args, cudaStream_t stream);
 cudaError_t launch_tile_ranges(int64_t num_pairs, uint32_t num_tile_keys, const uint32_t* keys_sorted, int2* ranges,
                                cudaStream_t stream);
+// Each tile's list length (key) and index (value), for ordering the blending blocks.
+cudaError_t launch_tile_loads(uint32_t num_tiles, const int2* ranges, uint32_t* loads, uint32_t* tiles, cudaStream_t stream);
 
 // blend.cu --------------------------------------------------------------------------------------
 struct BlendArgs {
     int num_views, width, height;
-    const int2* ranges;  // (V * tiles) [begin, end) into values
+    const int2* ranges;         // (V * tiles) [begin, end) into values
+    const uint32_t* tile_order; // blocks take tiles in this order (heaviest first), or nullptr
     const uint32_t* values;
-    const float4 *splat_a, *splat_b, *footprint;
+    const float4* splats;
     const float* background;  // 3 floats on the device
     uint8_t* image;           // (V, H, W, 3), written when final
     float4* state;            // (V, H, W) colour and +-transmittance between chunks, or nullptr
     bool resume;              // start from state instead of an empty pixel
     bool final;               // write image (else state)
-    bool warp_cull;           // test splats against each warp's pixels first (blend.cu)
 };
 cudaError_t launch_blend(const BlendArgs& args, cudaStream_t stream);
 

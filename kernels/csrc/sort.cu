@@ -23,6 +23,14 @@ cudaError_t pair_sort(void* temp, size_t* temp_bytes, const uint32_t* keys_in, u
                                            stream);
 }
 
+// Tiles by descending list length: blending blocks start on the longest lists, which would
+// otherwise be the tail of the launch. Lengths are < 2^31 (pair slots per pass).
+cudaError_t tile_sort(void* temp, size_t* temp_bytes, const uint32_t* loads_in, uint32_t* loads_out,
+                      const uint32_t* tiles_in, uint32_t* tiles_out, int n, cudaStream_t stream) {
+    return cub::DeviceRadixSort::SortPairsDescending(temp, *temp_bytes, loads_in, loads_out, tiles_in, tiles_out, n, 0, 31,
+                                                     stream);
+}
+
 cudaError_t inclusive_sum(void* temp, size_t* temp_bytes, const int64_t* in, int64_t* out, int n, cudaStream_t stream) {
     return cub::DeviceScan::InclusiveSum(temp, *temp_bytes, in, out, n, stream);
 }
