@@ -142,8 +142,10 @@ class SV3DSynthesizer:
         return {"unet": self.unet, "vae": self.vae, "image_encoder": self.image_encoder}
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SV3DSynthesizer:
+        # Only what is given: diffusers warns about any dtype passed to ``ModelMixin.to``.
+        kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
         for module in self.modules().values():
-            module.to(device=device, dtype=dtype).eval()
+            module.to(**kwargs).eval()
         return self
 
     @property
