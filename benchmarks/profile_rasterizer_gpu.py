@@ -3,8 +3,8 @@
     python benchmarks/profile_rasterizer_gpu.py OUT.json
 
 For each benchmark case, with and without the heaviest-tiles-first block order: the median of a
-whole ``render_i420`` call (CUDA events, as the benchmark), of the graph replay alone (the GPU's
-share), and of each stage's launch when run eagerly between CUDA events (the graph runs the
+whole ``render_i420`` and ``render`` call (CUDA events, as the benchmark), of their graph replays
+alone (the GPU's share), and of each stage's launch when run eagerly between CUDA events (the graph runs the
 same launches without the gaps; eager times of small launches are mostly launch latency); the
 blending of the heaviest tile alone (the floor of the blending launch); and the work: entries,
 entries with pairs, pairs, and tile list lengths.
@@ -66,19 +66,22 @@ def profile(case: str, storage: torch.dtype, heavy_first: bool) -> dict:
     rasterizer = CudaRasterizer(n, storage=storage)
     rasterizer._heavy_first = heavy_first
     call_ms = median_ms(lambda: rasterizer.render_i420(cloud, views, BACKGROUND, per_frame))
-    (plan,) = rasterizer._plans.values()
+    rgb_call_ms = median_ms(lambda: rasterizer.render(cloud, views, BACKGROUND))
+    plan, rgb_plan = rasterizer._plans.values()
     replay_ms = median_ms(plan.graph.replay)
+    rgb_replay_ms = median_ms(rgb_plan.graph.replay)
 
     entries = len(views) * n
     lengths = (plan.ranges[:, 1] - plan.ranges[:, 0]).float()
     busy = lengths[lengths > 0]
     result = {
         "case": case, "storage": str(storage), "heavy_first": heavy_first, "call_ms": call_ms, "replay_ms": replay_ms,
+        "rgb_call_ms": rgb_call_ms, "rgb_replay_ms": rgb_replay_ms,
         "entries": entries, "entries_with_pairs": int((rasterizer._tile_counts[:entries] > 0).sum()),
         "pairs": int(rasterizer._ends[entries - 1]), "pair_slots": plan.pair_slots,
         "busy_tiles": int(busy.numel()), "mean_list": round(float(busy.mean()), 1), "max_list": int(busy.max()),
     }
-    del rasterizer, plan
+    del rasterizer, plan, rgb_plan
 
     eager = CudaRasterizer(n, storage=storage, graphs=False)
     eager._heavy_first = heavy_first
@@ -114,6 +117,7 @@ def main(path: str) -> None:
     for r in results:
         stages = " ".join(f"{k}={v:.3f}" for k, v in r["stages_ms"].items())
         print(f"{r['case']:20} {r['storage'][6:]:8} heavy_first={int(r['heavy_first'])} call={r['call_ms']:.3f} replay={r['replay_ms']:.3f} "
+              f"rgb call={r['rgb_call_ms']:.3f} replay={r['rgb_replay_ms']:.3f} "
               f"pairs={r['pairs']} vis={r['entries_with_pairs']}/{r['entries']} list={r['mean_list']}/{r['max_list']} "
               f"heaviest={r['heaviest_tile_blend_ms']:.3f} | {stages}")
 

@@ -154,6 +154,7 @@ class _Plan:
     width: int
     height: int
     inputs_host: torch.Tensor  # pinned: view parameters then background
+    inputs_np: np.ndarray  # the same memory, written per call
     inputs: torch.Tensor
     image: torch.Tensor
     ranges: torch.Tensor  # (V * tiles, 2) each tile's [begin, end) in the sorted pairs
@@ -300,6 +301,7 @@ class CudaRasterizer:
             width=views.width,
             height=views.height,
             inputs_host=inputs_host,
+            inputs_np=inputs_host.numpy(),
             inputs=torch.zeros_like(inputs_host, device=self.device),
             image=torch.empty(v, views.height, views.width, 3, dtype=torch.uint8, device=self.device),
             ranges=torch.zeros(tiles, 2, dtype=torch.int32, device=self.device),
@@ -390,10 +392,12 @@ class CudaRasterizer:
             raise TypeError(f"views must be a Views batch, got {type(views).__name__}")
         packed = self._pack(cloud)
         plan = self._plan(packed, views, views_per_frame)
+        inputs = plan.inputs_np
+        inputs[: 20 * plan.num_views] = view_parameters(views).reshape(-1)
+        if isinstance(background, torch.Tensor):
+            background = background.detach().cpu().numpy()
+        inputs[20 * plan.num_views : 20 * plan.num_views + 3] = background
         with torch.cuda.device(self.device):
-            inputs = plan.inputs_host.numpy()
-            inputs[: 20 * plan.num_views] = view_parameters(views).reshape(-1)
-            inputs[20 * plan.num_views : 20 * plan.num_views + 3] = torch.as_tensor(background, dtype=torch.float32).cpu().reshape(3).numpy()
             self.passes = 1
             self._run(packed, plan)
             total = self._finish(plan)

@@ -7,7 +7,9 @@
 // Each warp owns an 8x4 rectangle of the tile. Staging a splat also tests its opacity-aware
 // ellipse against the 8 rectangles (four row bands, two column halves), and each warp then
 // walks only the splats that meet its rectangle: avatar splats span a few pixels, so most of a
-// tile's list misses any one warp. The next batch's records are loaded while this one blends.
+// tile's list misses any one warp. The next batch's records are loaded while this one blends,
+// and each thread computes the opacities of several splats at once before compositing them in
+// order: the transmittance chain is then a multiply per splat, not the whole evaluation.
 #include "rasterizer.h"
 
 namespace splatcast {
@@ -15,9 +17,20 @@ namespace splatcast {
 namespace {
 
 constexpr unsigned FULL_MASK = 0xffffffffu;
+constexpr int ILP = 4;  // splats whose opacities one thread computes together
 
 __device__ inline float2 unpack_half2(float bits) {
     return __half22float2(*reinterpret_cast<const __half2*>(&bits));
+}
+
+// Opacity of splat (a, b) at pixel centre (x, y), or 0 where the reference skips it (outside
+// the Gaussian's support or under ALPHA_MIN): independent of the pixel's state, so several are
+// computed at once while the state updates stay in depth order.
+__device__ inline float alpha_at(float x, float y, float4 a, float4 b) {
+    const float dx = x - a.x, dy = y - a.y;
+    const float power = -0.5f * (a.z * dx * dx + b.x * dy * dy) - a.w * dx * dy;
+    const float alpha = fminf(ALPHA_MAX, b.y * __expf(power));
+    return power > 0.0f || alpha < ALPHA_MIN ? 0.0f : alpha;
 }
 
 struct Pixel {
@@ -26,21 +39,18 @@ struct Pixel {
     float transmittance;
     bool done;
 
-    // One splat over this pixel, exactly as reference.blend_slice.
-    __device__ inline void blend(float4 a, float4 b, float blue) {
-        const float dx = x - a.x, dy = y - a.y;
-        const float power = -0.5f * (a.z * dx * dx + b.x * dy * dy) - a.w * dx * dy;
-        if (power > 0.0f) return;
-        const float alpha = fminf(ALPHA_MAX, b.y * __expf(power));
-        if (alpha < ALPHA_MIN) return;
+    // Front-to-back compositing of one splat, exactly as reference.blend_slice: stop before
+    // the splat that would take the transmittance under TRANSMITTANCE_MIN.
+    __device__ inline void composite(float alpha, float red, float green, float blue) {
+        if (done || alpha == 0.0f) return;
         const float next = transmittance * (1.0f - alpha);
         if (next < TRANSMITTANCE_MIN) {
             done = true;
             return;
         }
         const float weight = alpha * transmittance;
-        colour.x += weight * b.z;
-        colour.y += weight * b.w;
+        colour.x += weight * red;
+        colour.y += weight * green;
         colour.z += weight * blue;
         transmittance = next;
     }
@@ -120,9 +130,19 @@ __global__ void __launch_bounds__(BLOCK) blend_kernel(BlendArgs args) {
             if (__all_sync(FULL_MASK, pixel.done)) break;
             const int j = first + lane;
             const bool meets = j < batch_size && (shared_mask[j] >> warp & 1u);
-            for (unsigned hits = __ballot_sync(FULL_MASK, meets); hits != 0; hits &= hits - 1) {
-                const int k = first + __ffs(hits) - 1;
-                if (!pixel.done) pixel.blend(shared_a[k], shared_b[k], shared_blue[k]);
+            // ILP hits at a time: their opacities in parallel, then the state updates in order.
+            for (unsigned hits = __ballot_sync(FULL_MASK, meets); hits != 0;) {
+                int k[ILP];
+                float alpha[ILP];
+#pragma unroll
+                for (int u = 0; u < ILP; ++u) {
+                    k[u] = hits != 0 ? first + __ffs(hits) - 1 : -1;
+                    hits &= hits - 1;
+                    alpha[u] = k[u] >= 0 ? alpha_at(pixel.x, pixel.y, shared_a[k[u]], shared_b[k[u]]) : 0.0f;
+                }
+#pragma unroll
+                for (int u = 0; u < ILP; ++u)
+                    if (k[u] >= 0) pixel.composite(alpha[u], shared_b[k[u]].z, shared_b[k[u]].w, shared_blue[k[u]]);
             }
         }
     }

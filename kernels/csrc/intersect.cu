@@ -66,8 +66,10 @@ __global__ void tile_loads_kernel(uint32_t num_tiles, const int2* __restrict__ r
                                   uint32_t* __restrict__ tiles) {
     const uint32_t t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= num_tiles) return;
-    const int2 range = ranges[t];
-    loads[t] = static_cast<uint32_t>(range.y - range.x);
+    // The list length on a log scale, 16 steps per doubling in 8 bits: order enough to start the
+    // longest lists first, in one radix pass.
+    const int length = ranges[t].y - ranges[t].x;
+    loads[t] = length == 0 ? 0u : min(255u, 1u + static_cast<uint32_t>(16.0f * log2f(static_cast<float>(length))));
     tiles[t] = t;
 }
 

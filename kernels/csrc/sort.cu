@@ -23,11 +23,11 @@ cudaError_t pair_sort(void* temp, size_t* temp_bytes, const uint32_t* keys_in, u
                                            stream);
 }
 
-// Tiles by descending list length: blending blocks start on the longest lists, which would
-// otherwise be the tail of the launch. Lengths are < 2^31 (pair slots per pass).
+// Tiles by descending load (8-bit log list lengths): blending blocks start on the longest
+// lists, which would otherwise be the tail of the launch.
 cudaError_t tile_sort(void* temp, size_t* temp_bytes, const uint32_t* loads_in, uint32_t* loads_out,
                       const uint32_t* tiles_in, uint32_t* tiles_out, int n, cudaStream_t stream) {
-    return cub::DeviceRadixSort::SortPairsDescending(temp, *temp_bytes, loads_in, loads_out, tiles_in, tiles_out, n, 0, 31,
+    return cub::DeviceRadixSort::SortPairsDescending(temp, *temp_bytes, loads_in, loads_out, tiles_in, tiles_out, n, 0, 8,
                                                      stream);
 }
 
