@@ -5,8 +5,8 @@ Two sources, tried in order:
    as it is, opaque where alpha >= 0.5.
 2. OpenCV's GrabCut (colour-model graph cut; no learned weights), seeded from a frontal face
    found by scikit-image's LBP cascade (the OpenCV cascade file that scikit-image ships). With a
-   face, the seed is a head-and-torso box below and around it; without one, a box inset from the
-   image border, so the person should fill the middle of the frame.
+   face, the seed is a head-and-torso box below and around it; without one, the frame less a
+   border, so the person should fill most of the frame and stand out from the border.
 
 No learned segmenter qualifies here: rembg and MediaPipe's current wheels fetch their models at
 run time, and MediaPipe's older wheels that bundled a selfie segmenter need numpy < 2. GrabCut
@@ -114,19 +114,19 @@ def _grabcut(rgb: np.ndarray, face_box: tuple[int, int, int, int] | None, iterat
 
 
 def _grabcut_seeds(height: int, width: int, face_box: tuple[float, float, float, float] | None) -> np.ndarray:
-    """GrabCut's initial labels: sure background outside a person box, sure foreground in its core.
+    """GrabCut's initial labels: sure background outside a person box, probable foreground inside.
 
     With a face (x, y, w, h) the box spans about 4.4 face widths (shoulders, arms) and reaches
     from above the hair to the bottom of the frame, less the two top corners beside the head
-    (above the chin, past the hair) and thin strips along the side edges (``SIDE_MARGIN``); the face centre and a neck-to-chest column below it are
-    sure foreground.
+    (above the chin, past the hair) and thin strips along the side edges (``SIDE_MARGIN``); the
+    face centre and a neck-to-chest column below it are sure foreground. Without a face the box
+    is the frame less a border, with nothing sure: the middle of a photo is as often background
+    between the arms and legs as it is the person.
     """
     seeds = np.full((height, width), cv2.GC_BGD, np.uint8)
     if face_box is None:
         mx, my = round(0.06 * width), round(0.04 * height)
         seeds[my:, mx : width - mx] = cv2.GC_PR_FGD
-        cy, cx = height // 2, width // 2
-        seeds[cy - height // 10 : cy + height // 10, cx - width // 20 : cx + width // 20] = cv2.GC_FGD
         return seeds
     x, y, w, h = face_box
     cx = x + w / 2

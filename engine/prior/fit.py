@@ -163,7 +163,7 @@ def _project(points: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
 
 def _initial_translation(rest: torch.Tensor, body: BodyModel, intrinsics: torch.Tensor, targets: _Targets) -> torch.Tensor:
     """Where to start: the head on the face box at the depth its size implies; without a face, the
-    crown on the mask's top centre at whichever of a range of depths fits the mask best."""
+    crown on the mask's top centre at whichever of a range of depths overlaps the mask most."""
     focal = float(intrinsics[0, 0])
     rest_camera = rest @ _FACING_CAMERA.T
     if targets.face is not None:
@@ -172,15 +172,12 @@ def _initial_translation(rest: torch.Tensor, body: BodyModel, intrinsics: torch.
         depth = focal * float(_spread(head[:, 0])) / (HEAD_WIDTH_PER_FACE * w)
         return _on_ray(torch.tensor([x + w / 2, y + h / 2]), depth, head.mean(0), intrinsics)
     ys, xs = np.nonzero(targets.mask)
-    top = float(ys.min())
     crown = rest_camera[rest_camera[:, 1].argmin()]
-    best = None
+    best = (-1.0, None)
     for depth in np.geomspace(0.5, 20.0, 40):
-        translation = _on_ray(torch.tensor([float(np.median(xs)), top]), float(depth), crown, intrinsics)
-        points = rest_camera + translation
-        loss = float(targets.loss(_project(points, intrinsics), points, body))
-        if best is None or loss < best[0]:
-            best = (loss, translation)
+        translation = _on_ray(torch.tensor([float(np.median(xs)), float(ys.min())]), float(depth), crown, intrinsics)
+        overlap = targets.silhouette_iou(_project(rest_camera + translation, intrinsics))
+        best = max(best, (overlap, translation), key=lambda b: b[0])
     return best[1]
 
 
@@ -206,6 +203,7 @@ class _Targets:
         # Past the frame the mask continues as it meets the edge (BORDER_REPLICATE).
         self.pad = pad = max(height, width)
         padded = cv2.copyMakeBorder(mask.astype(np.uint8), pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        self.padded = padded.astype(bool)
         outside = cv2.distanceTransform((1 - padded).astype(np.uint8), cv2.DIST_L2, 5)
         self.outside = torch.from_numpy(outside)[None, None] / self.size
         contour = mask & ~cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
@@ -213,6 +211,17 @@ class _Targets:
         ys, xs = np.nonzero(contour)
         step = max(1, len(xs) // 600)
         self.contour = torch.from_numpy(np.stack([xs[::step], ys[::step]], 1).astype(np.float32) + 0.5)
+
+    def silhouette_iou(self, pixels: torch.Tensor) -> float:
+        """Intersection over union of the projected vertices (dilated to close the gaps between
+        them) and the mask continued past the frame, as the inside term sees it."""
+        uv = pixels.round().long() + self.pad
+        size = self.padded.shape
+        inside = (uv[:, 0] >= 0) & (uv[:, 0] < size[1]) & (uv[:, 1] >= 0) & (uv[:, 1] < size[0])
+        drawn = np.zeros(size, np.uint8)
+        drawn[uv[inside, 1].numpy(), uv[inside, 0].numpy()] = 1
+        drawn = cv2.dilate(drawn, np.ones((3, 3), np.uint8)).astype(bool)
+        return float((drawn & self.padded).sum() / max(1, (drawn | self.padded).sum()))
 
     def loss(self, pixels: torch.Tensor, points: torch.Tensor, body: BodyModel) -> torch.Tensor:
         height, width = self.mask.shape
