@@ -22,8 +22,9 @@ TINY_SYNTH = {
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=8, image_size=32, projection_dim=16
     ),
 }
-"""64x64 views, 8x8 latents (the VAE downsamples 8x, as the released one)."""
-TINY_SYNTH_CONFIG = SynthConfig(num_views=6, resolution=64, steps=2)
+"""64x64 views, 8x8 latents (the VAE downsamples 8x, as the released one); 4 orbit views, at
+90, 180, 270 and 0 degrees, so the pipeline finds its three generated views exactly."""
+TINY_SYNTH_CONFIG = SynthConfig(num_views=4, resolution=64, steps=2)
 TINY_LRT = LRTConfig(latent_size=8, dims=(32, 64), depths=(1, 1), head_dim=16, prior_width=32, gaussian_size=16)
 
 

@@ -55,6 +55,8 @@ VAE_CONFIG = {
 }
 """SV3D's first stage: the Stable Diffusion 2.1 image autoencoder (8x down, 4 channels)."""
 
+Generators = torch.Generator | list[torch.Generator] | None
+
 CLIP_VIT_H_14 = {
     "hidden_size": 1280,
     "intermediate_size": 5120,
@@ -157,7 +159,7 @@ class SV3DSynthesizer:
         return self.unet.dtype
 
     @torch.no_grad()
-    def condition(self, images: torch.Tensor, elevation_deg: torch.Tensor | float, generator: torch.Generator | None = None) -> Conditioning:
+    def condition(self, images: torch.Tensor, elevation_deg: torch.Tensor | float, generator: Generators = None) -> Conditioning:
         """The UNet's conditioning for ``images`` (B, 3, r, r) in [0, 1] (the person on white) seen
         from ``elevation_deg`` (a number or (B,), degrees above the horizon)."""
         cfg = self.config
@@ -194,7 +196,7 @@ class SV3DSynthesizer:
         self,
         images: torch.Tensor,
         elevation_deg: torch.Tensor | float = 0.0,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         on_step: Callable[[int, int], None] | None = None,
     ) -> SynthResult:
         """Sample the orbit views of ``images`` (B, 3, r, r) in [0, 1]; deterministic given
