@@ -97,7 +97,7 @@ def test_bad_sizes_are_refused(model):
     with pytest.raises(ValueError, match="expected latents"):
         model(latents[:, :3], rays[:, :3], xyz, uv)
     with pytest.raises(ValueError, match="halve"):
-        LRTConfig(latent_size=72, dims=(64, 64, 64, 64), depths=(1, 1, 1, 1))
+        LRTConfig(latent_size=72, dims=(64,) * 5, depths=(1,) * 5)
     with pytest.raises(ValueError, match="head_dim"):
         LRTConfig(dims=(96, 128), depths=(1, 1), head_dim=64)
 
