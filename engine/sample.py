@@ -9,7 +9,7 @@ body is dropped, and the cut at the chest is closed flat. Made by the weight-fre
 (``engine.weightfree``), so anyone can rebuild it bit for bit with no weights.
 
 World placement: metres, y up, facing +z, as if standing on y = 0 (the fitted body's soles),
-so the bust floats at chest-to-head height, about 1.1 m to 1.75 m, its bounding box centred
+so the bust floats at chest-to-head height, from about 0.93 m to 1.63 m, its bounding box centred
 on x = z = 0. Front and side renders (from her right, azimuth -90 degrees) go to
 ``docs/sample_front.png`` and ``docs/sample_side.png``.
 """

@@ -192,7 +192,7 @@ class _WorkGrid:
         if len(index) == 0:
             empty = torch.zeros(0, 3)
             return empty, torch.zeros(0, 3, 3), empty
-        layer = np.concatenate([np.arange(1, n + 1) for n in layers]) if len(layers) else np.zeros(0)
+        layer = np.arange(len(index)) - np.repeat(np.cumsum(layers) - layers, layers) + 1  # 1..n per pixel
         fraction = (layer / (layers[index] + 1))[:, None]
         ys, xs = ys[index], xs[index]
         depth = near[index] + fraction[:, 0] * (far[index] - near[index])
