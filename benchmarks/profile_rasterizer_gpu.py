@@ -2,7 +2,7 @@
 
     python benchmarks/profile_rasterizer_gpu.py OUT.json
 
-For each benchmark case, with and without the heaviest-tiles-first block order: the median of a
+For each benchmark case and blending variant (8x8 or 16x16 blocks, 4 or 1 splats at once): the median of a
 whole ``render_i420`` and ``render`` call (CUDA events, as the benchmark), of their graph replays
 alone (the GPU's share), and of each stage's launch when run eagerly between CUDA events (the graph runs the
 same launches without the gaps; eager times of small launches are mostly launch latency); the
@@ -60,11 +60,11 @@ def median_ms(call) -> float:
     return round(statistics.median(times), 4)
 
 
-def profile(case: str, storage: torch.dtype, heavy_first: bool) -> dict:
+def profile(case: str, storage: torch.dtype, variant: int) -> dict:
     n, setup = CASES[case]
     cloud, (views, per_frame) = cloud_of(n), case_views(setup)
     rasterizer = CudaRasterizer(n, storage=storage)
-    rasterizer._heavy_first = heavy_first
+    rasterizer._blend_variant = variant
     call_ms = median_ms(lambda: rasterizer.render_i420(cloud, views, BACKGROUND, per_frame))
     rgb_call_ms = median_ms(lambda: rasterizer.render(cloud, views, BACKGROUND))
     plan, rgb_plan = rasterizer._plans.values()
@@ -75,7 +75,7 @@ def profile(case: str, storage: torch.dtype, heavy_first: bool) -> dict:
     lengths = (plan.ranges[:, 1] - plan.ranges[:, 0]).float()
     busy = lengths[lengths > 0]
     result = {
-        "case": case, "storage": str(storage), "heavy_first": heavy_first, "call_ms": call_ms, "replay_ms": replay_ms,
+        "case": case, "storage": str(storage), "blend_variant": variant, "call_ms": call_ms, "replay_ms": replay_ms,
         "rgb_call_ms": rgb_call_ms, "rgb_replay_ms": rgb_replay_ms,
         "entries": entries, "entries_with_pairs": int((rasterizer._tile_counts[:entries] > 0).sum()),
         "pairs": int(rasterizer._ends[entries - 1]), "pair_slots": plan.pair_slots,
@@ -84,7 +84,7 @@ def profile(case: str, storage: torch.dtype, heavy_first: bool) -> dict:
     del rasterizer, plan, rgb_plan
 
     eager = CudaRasterizer(n, storage=storage, graphs=False)
-    eager._heavy_first = heavy_first
+    eager._blend_variant = variant
     eager.render_i420(cloud, views, BACKGROUND, per_frame)
     timer = StageTimer(eager._ext)
     eager._ext = timer
@@ -103,20 +103,20 @@ def profile(case: str, storage: torch.dtype, heavy_first: bool) -> dict:
     alone[lengths.argmax()] = plan.ranges[lengths.argmax()]
     result["heaviest_tile_blend_ms"] = median_ms(lambda: timer.extension.blend(
         alone, None, eager._pair_values_sorted, eager._splats, plan.background, plan.num_views, plan.width, plan.height,
-        plan.image, None, False, True))
+        plan.image, None, False, True, variant))
     del eager, plan
     torch.cuda.empty_cache()
     return result
 
 
 def main(path: str) -> None:
-    results = [profile(case, torch.float16, order) for case in CASES for order in (True, False)]
-    results.append(profile("100k-1080p", torch.float32, True))
+    results = [profile(case, torch.float16, variant) for case in CASES for variant in range(4)]
+    results.append(profile("100k-1080p", torch.float32, 0))
     with open(path, "w") as f:
         json.dump({"device": torch.cuda.get_device_name(), "profiles": results}, f, indent=1)
     for r in results:
         stages = " ".join(f"{k}={v:.3f}" for k, v in r["stages_ms"].items())
-        print(f"{r['case']:20} {r['storage'][6:]:8} heavy_first={int(r['heavy_first'])} call={r['call_ms']:.3f} replay={r['replay_ms']:.3f} "
+        print(f"{r['case']:20} {r['storage'][6:]:8} variant={r['blend_variant']} call={r['call_ms']:.3f} replay={r['replay_ms']:.3f} "
               f"rgb call={r['rgb_call_ms']:.3f} replay={r['rgb_replay_ms']:.3f} "
               f"pairs={r['pairs']} vis={r['entries_with_pairs']}/{r['entries']} list={r['mean_list']}/{r['max_list']} "
               f"heaviest={r['heaviest_tile_blend_ms']:.3f} | {stages}")

@@ -117,18 +117,16 @@ class PackedCloud:
         return cls(means_opacity.contiguous(), shape.contiguous(), sh, cloud.sh_degree)
 
 
-def view_parameters(views: Views) -> np.ndarray:
-    """(V, 20) float32 rows of the kernels' ``ViewParams``: R (row-major), t, fx, fy, cx, cy,
-    camera centre -R^T t, pad. NumPy: a handful of 4x4 matrices is microseconds there."""
-    w2c = views.world_to_camera.detach().cpu().numpy().astype(np.float32, copy=False)
-    k = views.intrinsics.detach().cpu().numpy().astype(np.float32, copy=False)
+def view_parameters(views: Views, out: np.ndarray) -> None:
+    """Write the (V, 20) float32 rows of the kernels' ``ViewParams`` into ``out``: R (row-major),
+    t, fx, fy, cx, cy, camera centre -R^T t, pad. NumPy, as few steps as it takes: this runs on
+    the host before every frame."""
+    w2c, k = (t.numpy() if t.device.type == "cpu" else t.cpu().numpy() for t in (views.world_to_camera.detach(), views.intrinsics.detach()))
     rotation, translation = w2c[:, :3, :3], w2c[:, :3, 3]
-    params = np.zeros((len(views), 20), dtype=np.float32)
-    params[:, :9] = rotation.reshape(-1, 9)
-    params[:, 9:12] = translation
-    params[:, 12:16] = k[:, [0, 1, 0, 1], [0, 1, 2, 2]]
-    params[:, 16:19] = -np.einsum("vji,vj->vi", rotation, translation)
-    return params
+    out[:, :9] = rotation.reshape(-1, 9)
+    out[:, 9:12] = translation
+    out[:, 12:16] = k.reshape(-1, 9)[:, [0, 4, 2, 5]]
+    out[:, 16:19] = -np.matmul(translation[:, None, :], rotation)[:, 0]
 
 
 def frame_layout(width: int, height: int, views_per_frame: list[int]) -> tuple[torch.Tensor, list[tuple[int, int]], int]:
@@ -163,7 +161,7 @@ class _Plan:
     i420: torch.Tensor | None = None
     i420_host: torch.Tensor | None = None
     layout: torch.Tensor | None = None
-    frames: list[tuple[int, int]] = field(default_factory=list)
+    planes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)  # views of i420_host
     graph: torch.cuda.CUDAGraph | None = None
     temp_checked: bool = False  # the shared sort storage is known to fit this plan's sorts
     underused: int = 0
@@ -227,6 +225,7 @@ class CudaRasterizer:
         self._packed: tuple[GaussianCloud, tuple, PackedCloud] | None = None
         self._total_host = torch.zeros(1, dtype=torch.int64, pin_memory=True)
         self._heavy_first = True
+        self._blend_variant = 0
         self.passes = 0
         """Passes of the last call: 1, or the number of chunks of a call past ``max_pairs``."""
 
@@ -309,10 +308,19 @@ class CudaRasterizer:
             pair_slots=min(self.max_pairs, max(4 * v * n, 1 << 16)),
         )
         if views_per_frame is not None:
-            plan.layout, plan.frames, total = frame_layout(views.width, views.height, views_per_frame)
-            plan.layout = plan.layout.to(self.device)
+            layout, frames, total = frame_layout(views.width, views.height, views_per_frame)
+            plan.layout = layout.to(self.device)
             plan.i420 = torch.empty(total, dtype=torch.uint8, device=self.device)
             plan.i420_host = torch.empty(total, dtype=torch.uint8, pin_memory=True)
+            h = views.height
+            for offset, width in frames:
+                chroma = (width // 2) * (h // 2)
+                u_at = offset + width * h
+                plan.planes.append((
+                    plan.i420_host[offset:u_at].view(h, width),
+                    plan.i420_host[u_at : u_at + chroma].view(h // 2, width // 2),
+                    plan.i420_host[u_at + chroma : u_at + 2 * chroma].view(h // 2, width // 2),
+                ))
         self._plans[key] = plan
         while len(self._plans) > _MAX_PLANS:
             self._plans.popitem(last=False)
@@ -348,7 +356,7 @@ class CudaRasterizer:
             tile_order = plan.order[3]
         ext.blend(
             plan.ranges, tile_order, self._pair_values_sorted, self._splats, plan.background, plan.num_views,
-            plan.width, plan.height, plan.image, state, resume, final,
+            plan.width, plan.height, plan.image, state, resume, final, self._blend_variant,
         )
 
     def _frame(self, packed: PackedCloud, plan: _Plan) -> None:
@@ -392,11 +400,10 @@ class CudaRasterizer:
             raise TypeError(f"views must be a Views batch, got {type(views).__name__}")
         packed = self._pack(cloud)
         plan = self._plan(packed, views, views_per_frame)
-        inputs = plan.inputs_np
-        inputs[: 20 * plan.num_views] = view_parameters(views).reshape(-1)
+        view_parameters(views, plan.inputs_np[: 20 * plan.num_views].reshape(plan.num_views, 20))
         if isinstance(background, torch.Tensor):
             background = background.detach().cpu().numpy()
-        inputs[20 * plan.num_views : 20 * plan.num_views + 3] = background
+        plan.inputs_np[20 * plan.num_views : 20 * plan.num_views + 3] = background
         with torch.cuda.device(self.device):
             self.passes = 1
             self._run(packed, plan)
@@ -463,14 +470,4 @@ class CudaRasterizer:
             raise ValueError(f"views_per_frame {counts} does not split {len(views)} views")
         if views.width % 2 or views.height % 2:
             raise ValueError(f"I420 needs even view sizes, got {views.width}x{views.height}")
-        plan = self._render(cloud, views, background, counts)
-        planes = []
-        h = plan.height
-        for offset, width in plan.frames:
-            y = plan.i420_host[offset : offset + width * h].view(h, width)
-            u_at = offset + width * h
-            chroma = (width // 2) * (h // 2)
-            u = plan.i420_host[u_at : u_at + chroma].view(h // 2, width // 2)
-            v = plan.i420_host[u_at + chroma : u_at + 2 * chroma].view(h // 2, width // 2)
-            planes.append((y, u, v))
-        return planes
+        return self._render(cloud, views, background, counts).planes

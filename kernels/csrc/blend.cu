@@ -1,15 +1,16 @@
-// Stage 3: per-tile front-to-back blending, one 256-thread block per 16x16 tile of every view.
+// Stage 3: per-tile front-to-back blending.
 //
-// The block stages its tile's splats through shared memory BLOCK at a time; each thread walks
-// them for its pixel and stops at the first splat that would take its transmittance under
-// TRANSMITTANCE_MIN (that splat is not blended), and the block stops once every pixel has.
+// A block blends a SIDE x SIDE square of a 16x16 tile (the whole tile, or one of its four 8x8
+// quarters: four blocks then share the tile's list, which splits the longest lists' work over
+// four SMs). It stages the list's splats through shared memory a block's width at a time; each
+// thread walks them for its pixel and stops at the first splat that would take its
+// transmittance under TRANSMITTANCE_MIN (that splat is not blended), and the block stops once
+// every pixel has.
 //
-// Each warp owns an 8x4 rectangle of the tile. Staging a splat also tests its opacity-aware
-// ellipse against the 8 rectangles (four row bands, two column halves), and each warp then
-// walks only the splats that meet its rectangle: avatar splats span a few pixels, so most of a
-// tile's list misses any one warp. The next batch's records are loaded while this one blends,
-// and each thread computes the opacities of several splats at once before compositing them in
-// order: the transmittance chain is then a multiply per splat, not the whole evaluation.
+// Each warp owns an 8x4 rectangle. Staging a splat also tests its opacity-aware ellipse
+// against the block's rectangles, and each warp then walks only the splats that meet its own:
+// avatar splats span a few pixels, so most of a tile's list misses any one warp. The next
+// batch's records are loaded while this one blends.
 #include "rasterizer.h"
 
 namespace splatcast {
@@ -17,20 +18,35 @@ namespace splatcast {
 namespace {
 
 constexpr unsigned FULL_MASK = 0xffffffffu;
-constexpr int ILP = 4;  // splats whose opacities one thread computes together
+constexpr float LOG2_E = 1.4426950408889634f;
 
 __device__ inline float2 unpack_half2(float bits) {
     return __half22float2(*reinterpret_cast<const __half2*>(&bits));
 }
 
-// Opacity of splat (a, b) at pixel centre (x, y), or 0 where the reference skips it (outside
-// the Gaussian's support or under ALPHA_MIN): independent of the pixel's state, so several are
-// computed at once while the state updates stay in depth order.
+// A staged splat, in the form that makes a pixel's opacity one exp2 of a quadratic:
+// alpha = min(ALPHA_MAX, exp2(e + log2(opacity))) with e = qa dx^2 + qc dy^2 + qb dx dy the
+// reference's power -q/2 in base 2.
+struct Staged {
+    float4 a;  // mean x, y; qa, qb
+    float4 b;  // qc, log2(opacity), red, green
+    float blue;
+};
+
+__device__ inline Staged stage(float4 a, float4 b) {
+    const float2 rg = unpack_half2(b.z), b0 = unpack_half2(b.w);
+    return {make_float4(a.x, a.y, -0.5f * LOG2_E * a.z, -LOG2_E * a.w),
+            make_float4(-0.5f * LOG2_E * b.x, log2f(b.y), rg.x, rg.y), b0.x};
+}
+
+// Opacity of a staged splat at pixel centre (x, y), or 0 where the reference skips it (power
+// > 0, or alpha under ALPHA_MIN). Independent of the pixel's state, so several are computed at
+// once while the state updates stay in depth order.
 __device__ inline float alpha_at(float x, float y, float4 a, float4 b) {
     const float dx = x - a.x, dy = y - a.y;
-    const float power = -0.5f * (a.z * dx * dx + b.x * dy * dy) - a.w * dx * dy;
-    const float alpha = fminf(ALPHA_MAX, b.y * __expf(power));
-    return power > 0.0f || alpha < ALPHA_MIN ? 0.0f : alpha;
+    const float e = a.z * dx * dx + b.x * dy * dy + a.w * dx * dy;
+    const float alpha = fminf(ALPHA_MAX, exp2f(e + b.y));
+    return e > 0.0f || alpha < ALPHA_MIN ? 0.0f : alpha;
 }
 
 struct Pixel {
@@ -39,8 +55,7 @@ struct Pixel {
     float transmittance;
     bool done;
 
-    // Front-to-back compositing of one splat, exactly as reference.blend_slice: stop before
-    // the splat that would take the transmittance under TRANSMITTANCE_MIN.
+    // Front-to-back compositing of one splat, as reference.blend_slice.
     __device__ inline void composite(float alpha, float red, float green, float blue) {
         if (done || alpha == 0.0f) return;
         const float next = transmittance * (1.0f - alpha);
@@ -56,33 +71,39 @@ struct Pixel {
     }
 };
 
-// Bit w set when the splat's footprint holds a pixel centre of warp w's rectangle: columns
-// [8 (w % 2), +8), rows [4 (w / 2), +4) of the tile whose first pixel centre is (x0, y0).
+// Bit w set when the splat's footprint holds a pixel centre of warp w's 8x4 rectangle, the
+// warps tiling a SIDE x SIDE square whose first pixel centre is (x0, y0), row-major.
+template <int SIDE>
 __device__ inline uint32_t warp_mask(float4 a, float4 b, float x0, float y0) {
     const float4 f = footprint_of(a, b);
     uint32_t mask = 0;
 #pragma unroll
-    for (int band = 0; band < 4; ++band) {
+    for (int band = 0; band < SIDE / 4; ++band) {
         float left, right;
         const float band_y = y0 + 4 * band - a.y;
         if (!ellipse_band_extent(f.x, f.y, f.z, f.w, band_y - FOOTPRINT_MARGIN, band_y + 3.0f + FOOTPRINT_MARGIN, left, right))
             continue;
         left += a.x - FOOTPRINT_MARGIN;
         right += a.x + FOOTPRINT_MARGIN;
-        if (left <= x0 + 7.0f && right >= x0) mask |= 1u << (2 * band);
-        if (left <= x0 + 15.0f && right >= x0 + 8.0f) mask |= 2u << (2 * band);
+#pragma unroll
+        for (int column = 0; column < SIDE / 8; ++column)
+            if (left <= x0 + 8 * column + 7.0f && right >= x0 + 8 * column) mask |= 1u << (band * (SIDE / 8) + column);
     }
     return mask;
 }
 
-__global__ void __launch_bounds__(BLOCK) blend_kernel(BlendArgs args) {
+template <int SIDE, int ILP>
+__global__ void __launch_bounds__(SIDE * SIDE) blend_kernel(BlendArgs args) {
+    constexpr int THREADS = SIDE * SIDE, PARTS = (TILE / SIDE) * (TILE / SIDE);
     const int tiles_x = tiles_along(args.width), tiles_per_view = tiles_x * tiles_along(args.height);
-    const uint32_t tile = args.tile_order ? args.tile_order[blockIdx.x] : blockIdx.x;
+    const uint32_t tile = args.tile_order ? args.tile_order[blockIdx.x / PARTS] : blockIdx.x / PARTS;
+    const int part = blockIdx.x % PARTS;
     const int view = tile / tiles_per_view;
-    const int tile_x = tile % tiles_per_view % tiles_x, tile_y = tile % tiles_per_view / tiles_x;
+    const int origin_x = tile % tiles_per_view % tiles_x * TILE + part % (TILE / SIDE) * SIDE;
+    const int origin_y = tile % tiles_per_view / tiles_x * TILE + part / (TILE / SIDE) * SIDE;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int x = tile_x * TILE + (warp % 2) * 8 + lane % 8;
-    const int y = tile_y * TILE + (warp / 2) * 4 + lane / 8;
+    const int x = origin_x + warp % (SIDE / 8) * 8 + lane % 8;
+    const int y = origin_y + warp / (SIDE / 8) * 4 + lane / 8;
     const bool inside = x < args.width && y < args.height;
     const int64_t pixel_index = (static_cast<int64_t>(view) * args.height + y) * args.width + x;
 
@@ -94,11 +115,10 @@ __global__ void __launch_bounds__(BLOCK) blend_kernel(BlendArgs args) {
         pixel.transmittance = fabsf(s.w);
     }
 
-    __shared__ float4 shared_a[BLOCK];  // mean x, y, conic a, b
-    __shared__ float4 shared_b[BLOCK];  // conic c, opacity, r, g
-    __shared__ float shared_blue[BLOCK];
-    __shared__ uint8_t shared_mask[BLOCK];  // warps whose rectangle the splat meets
-    const float tile_x0 = tile_x * TILE + 0.5f, tile_y0 = tile_y * TILE + 0.5f;
+    __shared__ float4 shared_a[THREADS];
+    __shared__ float4 shared_b[THREADS];
+    __shared__ float shared_blue[THREADS];
+    __shared__ uint8_t shared_mask[THREADS];  // warps whose rectangle the splat meets
 
     const int2 range = args.ranges[tile];
     int index = range.x + threadIdx.x;
@@ -108,29 +128,29 @@ __global__ void __launch_bounds__(BLOCK) blend_kernel(BlendArgs args) {
         next_a = args.splats[2 * entry];
         next_b = args.splats[2 * entry + 1];
     }
-    for (int batch_begin = range.x; batch_begin < range.y; batch_begin += BLOCK) {
+    for (int batch_begin = range.x; batch_begin < range.y; batch_begin += THREADS) {
         // Also the barrier that lets the previous batch's shared data be overwritten.
-        if (__syncthreads_count(pixel.done) == BLOCK) break;
+        if (__syncthreads_count(pixel.done) == THREADS) break;
         if (index < range.y) {
-            const float2 rg = unpack_half2(next_b.z), b0 = unpack_half2(next_b.w);
-            shared_a[threadIdx.x] = next_a;
-            shared_b[threadIdx.x] = make_float4(next_b.x, next_b.y, rg.x, rg.y);
-            shared_blue[threadIdx.x] = b0.x;
-            shared_mask[threadIdx.x] = warp_mask(next_a, next_b, tile_x0, tile_y0);
+            const Staged s = stage(next_a, next_b);
+            shared_a[threadIdx.x] = s.a;
+            shared_b[threadIdx.x] = s.b;
+            shared_blue[threadIdx.x] = s.blue;
+            shared_mask[threadIdx.x] = warp_mask<SIDE>(next_a, next_b, origin_x + 0.5f, origin_y + 0.5f);
         }
-        index += BLOCK;
+        index += THREADS;
         if (index < range.y) {
             const int64_t entry = args.values[index];
             next_a = args.splats[2 * entry];
             next_b = args.splats[2 * entry + 1];
         }
         __syncthreads();
-        const int batch_size = min(BLOCK, range.y - batch_begin);
+        const int batch_size = min(THREADS, range.y - batch_begin);
         for (int first = 0; first < batch_size; first += 32) {
             if (__all_sync(FULL_MASK, pixel.done)) break;
             const int j = first + lane;
             const bool meets = j < batch_size && (shared_mask[j] >> warp & 1u);
-            // ILP hits at a time: their opacities in parallel, then the state updates in order.
+            // ILP hits at a time: their opacities together, then the state updates in order.
             for (unsigned hits = __ballot_sync(FULL_MASK, meets); hits != 0;) {
                 int k[ILP];
                 float alpha[ILP];
@@ -162,12 +182,23 @@ __global__ void __launch_bounds__(BLOCK) blend_kernel(BlendArgs args) {
     for (int ch = 0; ch < 3; ++ch) out[ch] = static_cast<uint8_t>(fminf(fmaxf(rgb[ch] * 255.0f + 0.5f, 0.0f), 255.0f));
 }
 
+template <int SIDE, int ILP>
+void launch(const BlendArgs& args, unsigned tiles, cudaStream_t stream) {
+    blend_kernel<SIDE, ILP><<<tiles * (TILE / SIDE) * (TILE / SIDE), SIDE * SIDE, 0, stream>>>(args);
+}
+
 }  // namespace
 
 cudaError_t launch_blend(const BlendArgs& args, cudaStream_t stream) {
     const unsigned tiles = static_cast<unsigned>(args.num_views) * tiles_along(args.width) * tiles_along(args.height);
     if (tiles == 0) return cudaSuccess;
-    blend_kernel<<<tiles, BLOCK, 0, stream>>>(args);
+    switch (args.variant) {
+        case 0: launch<8, 4>(args, tiles, stream); break;
+        case 1: launch<8, 1>(args, tiles, stream); break;
+        case 2: launch<16, 4>(args, tiles, stream); break;
+        case 3: launch<16, 1>(args, tiles, stream); break;
+        default: return cudaErrorInvalidValue;
+    }
     return cudaGetLastError();
 }
 
