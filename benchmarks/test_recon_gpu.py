@@ -1,0 +1,102 @@
+"""The learned reconstruction's networks on the GPU: released sizes, random weights, FP16 (issue 4).
+
+Random weights cost what trained ones do. Figures:
+- synth UNet step: one guided SV3DUNet evaluation at 21 views x 576^2 (72^2 latents), both
+  classifier-free-guidance branches in one batch of 2, as every sampling step runs it;
+- synthesis: a whole SV3D_p sampling of one photo, 25 Euler steps, CLIP and VAE encoding included;
+- transformer forward: the latent reconstruction transformer on 4 views of 72^2 latents with
+  2,048 prior tokens, giving 65,536 Gaussians.
+Each is timed around synchronised calls (pytest-benchmark's figures); peak GPU memory, whether
+the outputs were finite (random FP16 weights need not keep them so) and the commit
+(``SPLATCAST_COMMIT``) go into ``extra_info``.
+
+    SPLATCAST_COMMIT=$(git rev-parse HEAD) python -m pytest benchmarks/test_recon_gpu.py \
+        --benchmark-json=benchmarks/results/recon-<device>.json
+"""
+
+import math
+import os
+
+import pytest
+import torch
+
+from splatcast.engine.lrt import LatentReconstructionTransformer, LRTConfig
+from splatcast.engine.synth import SV3DSynthesizer, SynthConfig
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+DTYPE = torch.float16
+
+
+def record(benchmark, **info) -> None:
+    benchmark.extra_info.update(
+        info,
+        commit=os.environ.get("SPLATCAST_COMMIT", "unknown"),
+        dtype=str(DTYPE),
+        peak_gpu_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+    )
+
+
+def synchronised(fn):
+    def run():
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def synthesizer():
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = SV3DSynthesizer.from_config(SynthConfig(num_views=21, resolution=576, steps=25))
+    return model.to(dtype=DTYPE)
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return torch.rand(1, 3, 576, 576, generator=torch.Generator().manual_seed(0), device="cpu").cuda()
+
+
+def test_synth_unet_step(benchmark, synthesizer, photo):
+    cond = synthesizer.condition(photo, 10.0, torch.Generator().manual_seed(1))
+    latents = torch.randn(1, 21, 4, 72, 72, device="cuda", dtype=DTYPE)
+    timestep = torch.tensor(0.25 * math.log(10.0), device="cuda")
+    torch.cuda.reset_peak_memory_stats()
+    out = benchmark.pedantic(synchronised(lambda: synthesizer.guided_prediction(latents, timestep, cond)), rounds=10, warmup_rounds=3)
+    assert out.shape == latents.shape
+    params = sum(p.numel() for p in synthesizer.unet.parameters())
+    record(benchmark, finite=bool(torch.isfinite(out).all()), stage="synth UNet step", views=21, resolution=576, cfg_batch=2, unet_parameters=params)
+
+
+def test_synthesis_25_steps(benchmark, synthesizer, photo):
+    torch.cuda.reset_peak_memory_stats()
+    result = benchmark.pedantic(synchronised(lambda: synthesizer(photo, 10.0, torch.Generator().manual_seed(2))), rounds=2, warmup_rounds=1)
+    assert result.latents.shape == (1, 21, 4, 72, 72)
+    record(benchmark, finite=bool(torch.isfinite(result.latents).all()), stage="synthesis", views=21, resolution=576, steps=25)
+
+
+def test_transformer_forward(benchmark):
+    torch.manual_seed(0)
+    config = LRTConfig()
+    with torch.device("cuda"):
+        model = LatentReconstructionTransformer(config).to(DTYPE).eval()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    size = config.latent_size
+    latents = torch.randn(1, 4, 4, size, size, device="cuda", dtype=DTYPE, generator=g)
+    rays = torch.randn(1, 4, 6, size, size, device="cuda", dtype=DTYPE, generator=g)
+    xyz = torch.rand(1, 2048, 3, device="cuda", dtype=DTYPE, generator=g) * 2 - 1
+    uv = torch.rand(1, 2048, 2, device="cuda", dtype=DTYPE, generator=g) * 2 - 1
+    torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        params = benchmark.pedantic(synchronised(lambda: model(latents, rays, xyz, uv)), rounds=20, warmup_rounds=3)
+    assert params.shape == (1, 65_536, 14)
+    record(
+        benchmark,
+        stage="transformer forward",
+        finite=bool(torch.isfinite(params).all()),
+        gaussians=config.num_gaussians,
+        prior_tokens=2048,
+        lrt_parameters=sum(p.numel() for p in model.parameters()),
+        lrt_config=config.to_dict(),
+    )
