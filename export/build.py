@@ -56,7 +56,7 @@ def load_engine(graph: Graph, config: EngineConfig, cache_dir: str | Path | None
     if config.name == "torch":
         from .torch_engine import build_torch_engine
 
-        return build_torch_engine(graph, cache, fp8=config.fp8, aot=cache is not None, cuda_graph=config.cuda_graph)
+        return build_torch_engine(graph, cache, fp8=config.fp8, cuda_graph=config.cuda_graph)
     if cache is None:
         raise EngineError("the tensorrt engine needs a cache folder to keep its engine file in")
     from .tensorrt import build_tensorrt_engine

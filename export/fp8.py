@@ -41,7 +41,7 @@ class Float8Linear(nn.Module):
         self.fast_accum = fast_accum
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)
+        rows = x.reshape(-1, self.in_features).contiguous()  # _scaled_mm takes a row-major first operand
         q, scale = _quantize(rows)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         out = torch._scaled_mm(

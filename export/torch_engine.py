@@ -22,7 +22,7 @@ import torch
 
 from .cache import EngineCache, EngineKey, state_dict_digest
 from .errors import EngineUnavailableError
-from .fp8 import check_fp8_support, quantize_linears
+from .fp8 import MIN_FEATURES, check_fp8_support, quantize_linears
 from .graphs import Engine, Graph
 
 PACKAGE = "model.pt2"
@@ -69,43 +69,41 @@ def build_torch_engine(
     *,
     dtype: torch.dtype = torch.float16,
     fp8: bool = False,
-    aot: bool = True,
+    fp8_min_features: int = MIN_FEATURES,
     cuda_graph: bool = True,
     weights: str | None = None,
 ) -> Engine:
-    """Build (or load from ``cache``) the PyTorch engine for ``graph`` on the graph's device.
+    """The PyTorch engine for ``graph`` on the graph's device.
 
+    With a ``cache`` the graph is compiled ahead of time (AOTInductor) into it, or loaded from
+    it; without one it runs eagerly in ``dtype`` (and FP8), captured in a CUDA graph.
+    ``fp8`` runs Linear layers at least ``fp8_min_features`` wide in FP8 (``fp8.py``).
     ``weights`` identifies the model's weights in the cache key (a checkpoint digest, say);
-    by default the module's state dict is hashed. ``aot`` without ``cache`` compiles into a
-    temporary folder every time. CUDA graphs and FP8 need a CUDA device.
+    by default the module's state dict is hashed. CUDA graphs and FP8 need a CUDA device.
     """
     device = graph.device
     if device.type != "cuda" and (cuda_graph or fp8):
         raise EngineUnavailableError("the torch engine's CUDA graphs and FP8 need a CUDA GPU; use the 'eager' engine on the CPU")
     if fp8:
         check_fp8_support(device)
+    aot = cache is not None
     info: dict = {"engine": "torch", "dtype": str(dtype).removeprefix("torch."), "fp8": fp8, "aot": aot, "cuda_graph": cuda_graph}
     start = time.perf_counter()
-    if aot and cache is not None:
+    if aot:
         weights = weights or state_dict_digest(graph.module)
         info["weights_digest_s"] = round(time.perf_counter() - start, 3)
     typed = graph.to(dtype=dtype)
     if fp8:
-        info["fp8_layers"] = len(quantize_linears(typed.module))
+        info["fp8_layers"] = len(quantize_linears(typed.module, fp8_min_features))
     run: Callable = typed.module
     if aot:
-        if cache is None:
-            import tempfile
-
-            folder = Path(tempfile.mkdtemp(prefix="splatcast-aoti-"))
-            aot_compile(typed, folder)
-            package, info["built"] = folder / PACKAGE, True
-        else:
-            key = EngineKey.for_graph(typed, "torch-aoti", weights, fp8=fp8)
-            entry, info["built"] = cache.get_or_build(key, lambda folder: aot_compile(typed, folder))
-            package = entry.file(PACKAGE)
-        run = torch._inductor.aoti_load_package(str(package))
-        info["package"] = str(package)
+        key = EngineKey.for_graph(typed, "torch-aoti", weights, fp8=fp8 and fp8_min_features)
+        lookup = time.perf_counter()
+        entry, info["built"] = cache.get_or_build(key, lambda folder: aot_compile(typed, folder))
+        info["cache_s"] = round(time.perf_counter() - lookup, 3)
+        load = time.perf_counter()
+        run = torch._inductor.aoti_load_package(str(entry.file(PACKAGE)))
+        info["load_s"] = round(time.perf_counter() - load, 3)
     info["prepare_s"] = round(time.perf_counter() - start, 3)
     if cuda_graph:
         start = time.perf_counter()

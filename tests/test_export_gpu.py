@@ -1,0 +1,96 @@
+"""Every GPU engine against the eager FP32 module, on fresh random inputs (tiny graphs).
+
+Tolerances, relative L2 error against eager FP32 (TF32 off):
+- FP16 (weights and activations): 1e-2; observed errors on these graphs are a few 1e-3.
+- FP8 Linear layers on top of FP16: 1e-1 (e4m3 keeps 3 mantissa bits; the full-size per-step
+  deviation is measured in benchmarks/test_engines_gpu.py).
+No output may hold NaN or inf. The AOTInductor variants compile for about a minute each and
+are marked slow; the full-size AOTInductor engine is built, checked and timed by the benchmark.
+"""
+
+import pytest
+import torch
+
+from splatcast.export.build import relative_error
+from splatcast.export.cache import EngineCache
+from splatcast.export.fp8 import E4M3_MAX, Float8Linear
+from splatcast.export.torch_engine import build_torch_engine
+
+from .export_support import tiny_lrt_graph, tiny_step_graph
+
+pytestmark = pytest.mark.gpu
+
+FP16_TOLERANCE = 1e-2
+FP8_TOLERANCE = 1e-1
+GRAPHS = {"synth_step": tiny_step_graph, "lrt": tiny_lrt_graph}
+
+
+@pytest.fixture(autouse=True)
+def exact_fp32():
+    """The reference is true FP32: no TF32 in cuBLAS or cuDNN."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def check_against_eager(graph, engine, tolerance, trials=3):
+    """Fresh inputs per trial (none of them the capture inputs); earlier outputs must survive later calls."""
+    generator = torch.Generator().manual_seed(123)
+    kept = []
+    for _ in range(trials):
+        inputs = graph.random_inputs(generator=generator)
+        with torch.no_grad():
+            reference = graph.module(*inputs.values())
+        out = engine(*inputs.values())
+        assert out.shape == reference.shape
+        assert torch.isfinite(out).all(), "NaN or inf in the engine's output"
+        error = relative_error(out, reference)
+        assert error < tolerance, f"relative error {error:.2e} over {tolerance:.0e}"
+        kept.append((out, reference))
+    for out, reference in kept:  # a CUDA-graph engine must not hand out its reusable buffer
+        assert relative_error(out, reference) < tolerance
+
+
+@pytest.mark.parametrize("name", GRAPHS)
+def test_fp16_cuda_graph_engine(name):
+    graph = GRAPHS[name](device="cuda")
+    engine = build_torch_engine(graph)
+    assert engine.info["cuda_graph"] and next(engine.graph.module.parameters()).dtype == torch.float16
+    check_against_eager(graph, engine, FP16_TOLERANCE)
+
+
+@pytest.mark.parametrize("name", GRAPHS)
+def test_fp8_cuda_graph_engine(name):
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 tensor cores need compute capability 8.9+")
+    graph = GRAPHS[name](device="cuda")
+    engine = build_torch_engine(graph, fp8=True, fp8_min_features=32)
+    assert engine.info["fp8_layers"] > 0
+    check_against_eager(graph, engine, FP8_TOLERANCE)
+
+
+def test_float8_linear_on_gpu_is_the_scaled_product():
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 tensor cores need compute capability 8.9+")
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(1280, 640, device="cuda", dtype=torch.float16)
+    layer = Float8Linear(linear)
+    x = torch.randn(4, 300, 1280, device="cuda", dtype=torch.float16)
+    out = layer(x)
+    x_scale = x.float().abs().amax() / E4M3_MAX
+    xq = (x.float() / x_scale).to(torch.float8_e4m3fn).double() * x_scale.double()
+    expected = xq @ (layer.weight.double() * layer.weight_scale.double()).T + linear.bias.double()
+    assert out.dtype == torch.float16
+    assert relative_error(out, expected) < 2e-3  # FP32 accumulation, FP16 output rounding
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", GRAPHS)
+def test_aot_engine_builds_then_loads_from_cache(name, tmp_path):
+    graph = GRAPHS[name](device="cuda")
+    cache = EngineCache(tmp_path)
+    first = build_torch_engine(graph, cache)
+    second = build_torch_engine(graph, cache)
+    assert first.info["built"] and not second.info["built"]
+    check_against_eager(graph, second, FP16_TOLERANCE)
