@@ -28,10 +28,12 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
+import numpy as np
 import torch
 
-from ..kernels.cameras import Views, intrinsics_from_projection, invert_rigid, matrix_from_column_major, opengl_to_opencv
+from ..kernels.cameras import Views, intrinsics_from_projection, invert_rigid, opengl_to_opencv
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 4096
@@ -67,8 +69,8 @@ class PoseRequest:
     client_time: float
     width: int
     height: int
-    camera_to_world: torch.Tensor  # (V, 4, 4), OpenGL camera axes
-    projection: torch.Tensor  # (V, 4, 4)
+    camera_to_world: np.ndarray  # (V, 4, 4) float32, OpenGL camera axes
+    projection: np.ndarray  # (V, 4, 4) float32
     received_at: float = field(default_factory=time.monotonic)
     """Server monotonic clock at parse time: the start of pose-to-encoded latency."""
 
@@ -77,9 +79,15 @@ class PoseRequest:
         return self.camera_to_world.shape[0]
 
     def views(self) -> Views:
-        """The OpenCV views the rasterizer takes, one per eye, at the requested per-view size."""
-        world_to_camera = invert_rigid(opengl_to_opencv(self.camera_to_world))
-        intrinsics = intrinsics_from_projection(self.projection, self.width, self.height)
+        """The OpenCV views the rasterizer takes, one per eye, at the requested per-view size.
+
+        Computed once per pose: a pose is rendered for every frame until a newer one arrives."""
+        return self._views
+
+    @cached_property
+    def _views(self) -> Views:
+        world_to_camera = invert_rigid(opengl_to_opencv(torch.from_numpy(self.camera_to_world)))
+        intrinsics = intrinsics_from_projection(torch.from_numpy(self.projection), self.width, self.height)
         return Views(world_to_camera, intrinsics, self.width, self.height)
 
 
@@ -89,15 +97,22 @@ def _number(value: object, name: str) -> float:
     return float(value)
 
 
-def _matrix(values: object, name: str) -> torch.Tensor:
+def _matrix(values: object, name: str) -> np.ndarray:
+    """Row-major (4, 4) from 16 column-major numbers. Validated in numpy: a server parses every
+    pose of every session on its event loop, so this must cost microseconds, not torch calls."""
     if not isinstance(values, list) or len(values) != 16:
         raise PoseError(f"{name} must be a list of 16 numbers")
-    return matrix_from_column_major([_number(v, name) for v in values])
+    if not all(type(v) in (int, float) for v in values):
+        raise PoseError(f"{name} must be a list of 16 numbers")
+    matrix = np.array(values, dtype=np.float64).reshape(4, 4).T
+    if not np.isfinite(matrix).all():
+        raise PoseError(f"{name} must hold finite numbers")
+    return matrix
 
 
-def _rigid(matrix: torch.Tensor, name: str) -> None:
+def _rigid(matrix: np.ndarray, name: str) -> None:
     rotation = matrix[:3, :3]
-    if (rotation @ rotation.T - torch.eye(3)).abs().max() > 1e-3 or (matrix[3] - torch.tensor([0.0, 0, 0, 1])).abs().max() > 1e-6:
+    if np.abs(rotation @ rotation.T - np.eye(3)).max() > 1e-3 or np.abs(matrix[3] - (0, 0, 0, 1)).max() > 1e-6:
         raise PoseError(f"{name} is not a rigid camera-to-world transform")
 
 
@@ -137,7 +152,7 @@ def parse_pose(message: str | bytes, limits: SizeLimits) -> PoseRequest:
         matrices.append(matrix)
         projections.append(projection)
     w, h = limits.clamp(int(width), int(height))
-    return PoseRequest(seq, client_time, w, h, torch.stack(matrices), torch.stack(projections))
+    return PoseRequest(seq, client_time, w, h, np.stack(matrices).astype(np.float32), np.stack(projections).astype(np.float32))
 
 
 def frame_message(seq: int, client_time: float, pts: int, timings_ms: dict[str, float]) -> str:
