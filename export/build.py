@@ -18,7 +18,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from .cache import EngineCache
 from .errors import EngineError
-from .graphs import Engine, Graph
+from .graphs import Engine, Graph, lrt_graph, synth_step_graph
 
 ENGINES = ("eager", "torch", "tensorrt")
 
@@ -62,6 +62,17 @@ def load_engine(graph: Graph, config: EngineConfig, cache_dir: str | Path | None
     from .tensorrt import build_tensorrt_engine
 
     return build_tensorrt_engine(graph, cache, max_batch=config.max_batch)
+
+
+def pipeline_graphs(pipeline, photos: int = 1) -> list[Graph]:
+    """The denoising step and transformer graphs of a ``ReconstructionPipeline`` at its sizes, for
+    ``photos`` photos per call (2 clips each in the step: guidance's halves). The prior holds
+    ``max_prior_tokens`` vertices, as it does for body models with at least that many (Anny, SMPL)."""
+    synth = pipeline.synthesizer.config
+    return [
+        synth_step_graph(pipeline.synthesizer.unet, batch=2 * photos, frames=synth.num_views, height=synth.resolution, width=synth.resolution),
+        lrt_graph(pipeline.lrt, prior_points=pipeline.config.max_prior_tokens, batch=photos),
+    ]
 
 
 def relative_error(output: torch.Tensor, reference: torch.Tensor) -> float:

@@ -156,6 +156,25 @@ def test_attention_is_fused_sdpa(graph_fixture, request):
     assert "_softmax" not in counter.ops and "softmax" not in counter.ops, "no unfused softmax(QK^T)V"
 
 
+def test_pipeline_graphs_match_the_pipeline():
+    from splatcast.engine.lrt import LatentReconstructionTransformer
+    from splatcast.engine.pipeline import ReconstructionPipeline
+    from splatcast.export.build import pipeline_graphs
+
+    from .recon_configs import TINY_LRT, tiny_synthesizer
+
+    pipeline = ReconstructionPipeline(tiny_synthesizer(), LatentReconstructionTransformer(TINY_LRT))
+    step, lrt = pipeline_graphs(pipeline, photos=2)
+    synth = pipeline.synthesizer.config
+    assert step.inputs["sample"].shape == (4, synth.num_views, 8, synth.resolution // 8, synth.resolution // 8)
+    assert step.inputs["added_time_ids"].shape == (4, synth.num_views, 3)
+    assert lrt.inputs["prior_xyz"].shape == (2, pipeline.config.max_prior_tokens, 3)
+    assert step.module.unet is pipeline.synthesizer.unet and lrt.module is pipeline.lrt
+    for graph in (step, lrt):  # the shapes are ones the networks accept
+        with torch.no_grad():
+            graph.module(*graph.random_inputs().values())
+
+
 def test_build_engines_reports_each_graph(step_graph, lrt_graph, tmp_path):
     report = build_engines(EngineConfig(name="eager"), tmp_path, [step_graph, lrt_graph], progress=False)
     assert [(r.graph, r.engine, r.built) for r in report] == [("synth_step", "eager", False), ("lrt", "eager", False)]
