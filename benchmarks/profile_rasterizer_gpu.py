@@ -2,9 +2,9 @@
 
     python benchmarks/profile_rasterizer_gpu.py OUT.json
 
-For each benchmark case and blending variant (8x8 or 16x16 blocks, 4 or 1 splats at once): the median of a
-whole ``render_i420`` and ``render`` call (CUDA events, as the benchmark), of their graph replays
-alone (the GPU's share), and of each stage's launch when run eagerly between CUDA events (the graph runs the
+For each benchmark case: the median of a whole ``render_i420`` and ``render`` call (CUDA events,
+as the benchmark), of their graph replays alone (the GPU's share, with the launch), the host's
+time in a ``render_i420`` call split into Python, graph launch and the wait for the frame, and of each stage's launch when run eagerly between CUDA events (the graph runs the
 same launches without the gaps; eager times of small launches are mostly launch latency); the
 blending of the heaviest tile alone (the floor of the blending launch); and the work: entries,
 entries with pairs, pairs, and tile list lengths.
@@ -13,6 +13,7 @@ entries with pairs, pairs, and tile list lengths.
 import json
 import statistics
 import sys
+import time
 from collections import defaultdict
 
 import torch
@@ -60,23 +61,50 @@ def median_ms(call) -> float:
     return round(statistics.median(times), 4)
 
 
-def profile(case: str, storage: torch.dtype, variant: int) -> dict:
+def host_split(rasterizer: CudaRasterizer, call) -> dict:
+    """Host time of a call (perf_counter medians, ms): launching the frame (``_run``: the graph
+    replay), waiting for it (``_finish``), and the rest (Python)."""
+    times = defaultdict(list)
+
+    def timed(name, function):
+        def wrapper(*args):
+            start = time.perf_counter()
+            result = function(*args)
+            times[name].append(time.perf_counter() - start)
+            return result
+
+        return wrapper
+
+    run, finish = rasterizer._run, rasterizer._finish
+    rasterizer._run, rasterizer._finish = timed("launch", run), timed("wait", finish)
+    for _ in range(FRAMES):
+        start = time.perf_counter()
+        call()
+        times["call"].append(time.perf_counter() - start)
+    rasterizer._run, rasterizer._finish = run, finish
+    split = {name: statistics.median(values) * 1e3 for name, values in times.items()}
+    split["python"] = split["call"] - split["launch"] - split["wait"]
+    return {name: round(value, 4) for name, value in split.items()}
+
+
+def profile(case: str, storage: torch.dtype) -> dict:
     n, setup = CASES[case]
     cloud, (views, per_frame) = cloud_of(n), case_views(setup)
     rasterizer = CudaRasterizer(n, storage=storage)
-    rasterizer._blend_variant = variant
     call_ms = median_ms(lambda: rasterizer.render_i420(cloud, views, BACKGROUND, per_frame))
     rgb_call_ms = median_ms(lambda: rasterizer.render(cloud, views, BACKGROUND))
     plan, rgb_plan = rasterizer._plans.values()
     replay_ms = median_ms(plan.graph.replay)
     rgb_replay_ms = median_ms(rgb_plan.graph.replay)
 
+    host = host_split(rasterizer, lambda: rasterizer.render_i420(cloud, views, BACKGROUND, per_frame))
+
     entries = len(views) * n
     lengths = (plan.ranges[:, 1] - plan.ranges[:, 0]).float()
     busy = lengths[lengths > 0]
     result = {
-        "case": case, "storage": str(storage), "blend_variant": variant, "call_ms": call_ms, "replay_ms": replay_ms,
-        "rgb_call_ms": rgb_call_ms, "rgb_replay_ms": rgb_replay_ms,
+        "case": case, "storage": str(storage), "call_ms": call_ms, "replay_ms": replay_ms,
+        "rgb_call_ms": rgb_call_ms, "rgb_replay_ms": rgb_replay_ms, "host_ms": host,
         "entries": entries, "entries_with_pairs": int((rasterizer._tile_counts[:entries] > 0).sum()),
         "pairs": int(rasterizer._ends[entries - 1]), "pair_slots": plan.pair_slots,
         "busy_tiles": int(busy.numel()), "mean_list": round(float(busy.mean()), 1), "max_list": int(busy.max()),
@@ -84,7 +112,6 @@ def profile(case: str, storage: torch.dtype, variant: int) -> dict:
     del rasterizer, plan, rgb_plan
 
     eager = CudaRasterizer(n, storage=storage, graphs=False)
-    eager._blend_variant = variant
     eager.render_i420(cloud, views, BACKGROUND, per_frame)
     timer = StageTimer(eager._ext)
     eager._ext = timer
@@ -103,23 +130,23 @@ def profile(case: str, storage: torch.dtype, variant: int) -> dict:
     alone[lengths.argmax()] = plan.ranges[lengths.argmax()]
     result["heaviest_tile_blend_ms"] = median_ms(lambda: timer.extension.blend(
         alone, None, eager._pair_values_sorted, eager._splats, plan.background, plan.num_views, plan.width, plan.height,
-        plan.image, None, False, True, variant))
+        plan.image, None, False, True))
     del eager, plan
     torch.cuda.empty_cache()
     return result
 
 
 def main(path: str) -> None:
-    results = [profile(case, torch.float16, variant) for case in CASES for variant in range(4)]
-    results.append(profile("100k-1080p", torch.float32, 0))
+    results = [profile(case, torch.float16) for case in CASES]
+    results.append(profile("100k-1080p", torch.float32))
     with open(path, "w") as f:
         json.dump({"device": torch.cuda.get_device_name(), "profiles": results}, f, indent=1)
     for r in results:
         stages = " ".join(f"{k}={v:.3f}" for k, v in r["stages_ms"].items())
-        print(f"{r['case']:20} {r['storage'][6:]:8} variant={r['blend_variant']} call={r['call_ms']:.3f} replay={r['replay_ms']:.3f} "
+        print(f"{r['case']:20} {r['storage'][6:]:8} call={r['call_ms']:.3f} replay={r['replay_ms']:.3f} "
               f"rgb call={r['rgb_call_ms']:.3f} replay={r['rgb_replay_ms']:.3f} "
               f"pairs={r['pairs']} vis={r['entries_with_pairs']}/{r['entries']} list={r['mean_list']}/{r['max_list']} "
-              f"heaviest={r['heaviest_tile_blend_ms']:.3f} | {stages}")
+              f"heaviest={r['heaviest_tile_blend_ms']:.3f} host={r['host_ms']} | {stages}")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ A frame is a fixed sequence of launches over buffers that only grow:
    the exact set of 16x16 tiles its opacity-aware ellipse meets).
 2. One radix sort of all (view, Gaussian) entries by depth, a scan of their tile counts, pairs
    emitted in depth order, one stable radix sort of all pairs by (view | tile).
-3. ``blend``: one block per tile (the longest tile lists first), splats staged in shared
-   memory and culled per warp, early termination.
+3. ``blend``: four blocks per 16x16 tile, one per 8x8 quarter (the longest tile lists first),
+   splats staged in shared memory and culled per warp, early termination.
 4. ``rgb_to_i420``: each view written into its frame, views of a frame side by side.
 
 Since no launch depends on a value read back by the host, a whole frame is captured once per
@@ -224,8 +224,6 @@ class CudaRasterizer:
         self._plans: OrderedDict[tuple, _Plan] = OrderedDict()
         self._packed: tuple[GaussianCloud, tuple, PackedCloud] | None = None
         self._total_host = torch.zeros(1, dtype=torch.int64, pin_memory=True)
-        self._heavy_first = True
-        self._blend_variant = 0
         self.passes = 0
         """Passes of the last call: 1, or the number of chunks of a call past ``max_pairs``."""
 
@@ -350,13 +348,10 @@ class CudaRasterizer:
         ext.sort_pairs(self._temp, keys, self._pair_values, self._pair_keys_sorted, self._pair_values_sorted, slots, plan.pair_key_bits)
         plan.ranges.zero_()
         ext.tile_ranges(self._pair_keys_sorted, slots, plan.ranges)
-        tile_order = None
-        if self._heavy_first:
-            ext.order_tiles(self._temp, plan.ranges, *plan.order)
-            tile_order = plan.order[3]
+        ext.order_tiles(self._temp, plan.ranges, *plan.order)
         ext.blend(
-            plan.ranges, tile_order, self._pair_values_sorted, self._splats, plan.background, plan.num_views,
-            plan.width, plan.height, plan.image, state, resume, final, self._blend_variant,
+            plan.ranges, plan.order[3], self._pair_values_sorted, self._splats, plan.background, plan.num_views,
+            plan.width, plan.height, plan.image, state, resume, final,
         )
 
     def _frame(self, packed: PackedCloud, plan: _Plan) -> None:

@@ -1,11 +1,11 @@
 // Stage 3: per-tile front-to-back blending.
 //
-// A block blends a SIDE x SIDE square of a 16x16 tile (the whole tile, or one of its four 8x8
-// quarters: four blocks then share the tile's list, which splits the longest lists' work over
-// four SMs). It stages the list's splats through shared memory a block's width at a time; each
-// thread walks them for its pixel and stops at the first splat that would take its
-// transmittance under TRANSMITTANCE_MIN (that splat is not blended), and the block stops once
-// every pixel has.
+// A block blends one 8x8 quarter of a 16x16 tile: four blocks share each tile's list, which
+// spreads the longest lists over four SMs and lets each quarter stop on its own. (Measured
+// against whole-tile blocks: 0.60 vs 0.66 ms at 1M @ 1080p, 1.09 vs 1.23 ms at 16 x 720p.)
+// A block stages the list's splats through shared memory 64 at a time; each thread walks them
+// for its pixel and stops at the first splat that would take its transmittance under
+// TRANSMITTANCE_MIN (that splat is not blended), and the block stops once every pixel has.
 //
 // Each warp owns an 8x4 rectangle. Staging a splat also tests its opacity-aware ellipse
 // against the block's rectangles, and each warp then walks only the splats that meet its own:
@@ -18,6 +18,10 @@ namespace splatcast {
 namespace {
 
 constexpr unsigned FULL_MASK = 0xffffffffu;
+constexpr int SIDE = 8;                  // pixels per block side
+constexpr int THREADS = SIDE * SIDE;     // one per pixel: two warps of 8x4 pixels
+constexpr int PARTS = (TILE / SIDE) * (TILE / SIDE);
+constexpr int ILP = 4;                   // splats whose opacities a thread computes together
 constexpr float LOG2_E = 1.4426950408889634f;
 
 __device__ inline float2 unpack_half2(float bits) {
@@ -72,8 +76,7 @@ struct Pixel {
 };
 
 // Bit w set when the splat's footprint holds a pixel centre of warp w's 8x4 rectangle, the
-// warps tiling a SIDE x SIDE square whose first pixel centre is (x0, y0), row-major.
-template <int SIDE>
+// warps tiling the block's square whose first pixel centre is (x0, y0), row-major.
 __device__ inline uint32_t warp_mask(float4 a, float4 b, float x0, float y0) {
     const float4 f = footprint_of(a, b);
     uint32_t mask = 0;
@@ -92,9 +95,7 @@ __device__ inline uint32_t warp_mask(float4 a, float4 b, float x0, float y0) {
     return mask;
 }
 
-template <int SIDE, int ILP>
-__global__ void __launch_bounds__(SIDE * SIDE) blend_kernel(BlendArgs args) {
-    constexpr int THREADS = SIDE * SIDE, PARTS = (TILE / SIDE) * (TILE / SIDE);
+__global__ void __launch_bounds__(THREADS) blend_kernel(BlendArgs args) {
     const int tiles_x = tiles_along(args.width), tiles_per_view = tiles_x * tiles_along(args.height);
     const uint32_t tile = args.tile_order ? args.tile_order[blockIdx.x / PARTS] : blockIdx.x / PARTS;
     const int part = blockIdx.x % PARTS;
@@ -136,7 +137,7 @@ __global__ void __launch_bounds__(SIDE * SIDE) blend_kernel(BlendArgs args) {
             shared_a[threadIdx.x] = s.a;
             shared_b[threadIdx.x] = s.b;
             shared_blue[threadIdx.x] = s.blue;
-            shared_mask[threadIdx.x] = warp_mask<SIDE>(next_a, next_b, origin_x + 0.5f, origin_y + 0.5f);
+            shared_mask[threadIdx.x] = warp_mask(next_a, next_b, origin_x + 0.5f, origin_y + 0.5f);
         }
         index += THREADS;
         if (index < range.y) {
@@ -182,23 +183,12 @@ __global__ void __launch_bounds__(SIDE * SIDE) blend_kernel(BlendArgs args) {
     for (int ch = 0; ch < 3; ++ch) out[ch] = static_cast<uint8_t>(fminf(fmaxf(rgb[ch] * 255.0f + 0.5f, 0.0f), 255.0f));
 }
 
-template <int SIDE, int ILP>
-void launch(const BlendArgs& args, unsigned tiles, cudaStream_t stream) {
-    blend_kernel<SIDE, ILP><<<tiles * (TILE / SIDE) * (TILE / SIDE), SIDE * SIDE, 0, stream>>>(args);
-}
-
 }  // namespace
 
 cudaError_t launch_blend(const BlendArgs& args, cudaStream_t stream) {
     const unsigned tiles = static_cast<unsigned>(args.num_views) * tiles_along(args.width) * tiles_along(args.height);
     if (tiles == 0) return cudaSuccess;
-    switch (args.variant) {
-        case 0: launch<8, 4>(args, tiles, stream); break;
-        case 1: launch<8, 1>(args, tiles, stream); break;
-        case 2: launch<16, 4>(args, tiles, stream); break;
-        case 3: launch<16, 1>(args, tiles, stream); break;
-        default: return cudaErrorInvalidValue;
-    }
+    blend_kernel<<<tiles * PARTS, THREADS, 0, stream>>>(args);
     return cudaGetLastError();
 }
 

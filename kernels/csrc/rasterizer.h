@@ -64,7 +64,6 @@ struct BlendArgs {
     float4* state;            // (V, H, W) colour and +-transmittance between chunks, or nullptr
     bool resume;              // start from state instead of an empty pixel
     bool final;               // write image (else state)
-    int variant;              // blend.cu: 0/1 8x8 blocks, 2/3 16x16 blocks; ILP 4/1
 };
 cudaError_t launch_blend(const BlendArgs& args, cudaStream_t stream);
 
