@@ -50,7 +50,7 @@ def synthesizer():
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = SV3DSynthesizer.from_config(SynthConfig(num_views=21, resolution=576, steps=25))
-    return model.to(dtype=DTYPE)
+    return model.to("cuda", DTYPE)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,8 @@ def test_transformer_forward(benchmark):
     torch.manual_seed(0)
     config = LRTConfig()
     with torch.device("cuda"):
-        model = LatentReconstructionTransformer(config).to(DTYPE).eval()
+        model = LatentReconstructionTransformer(config)
+    model = model.to("cuda", DTYPE).eval()
     g = torch.Generator(device="cuda").manual_seed(0)
     size = config.latent_size
     latents = torch.randn(1, 4, 4, size, size, device="cuda", dtype=DTYPE, generator=g)

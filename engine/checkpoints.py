@@ -108,7 +108,7 @@ def load_lrt(
     with torch.device(device):
         model = LatentReconstructionTransformer(config)
     load_weights(model, path)
-    return model.to(dtype=dtype).eval()
+    return model.to(device, dtype).eval()
 
 
 def save_checkpoints(folder: str | os.PathLike, synthesizer: SV3DSynthesizer | None = None, lrt: LatentReconstructionTransformer | None = None) -> None:

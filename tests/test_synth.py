@@ -8,11 +8,10 @@ import pytest
 import torch
 from diffusers import UNetSpatioTemporalConditionModel
 
-from splatcast.engine.synth import SV3DUNet, SynthConfig, orbit_azimuths, orbit_polars, triangle_guidance
-from splatcast.engine.synth.synthesizer import SCHEDULER_CONFIG
-from diffusers import EulerDiscreteScheduler
+from splatcast.engine.synth import SV3DSynthesizer, SV3DUNet, SynthConfig, orbit_azimuths, orbit_polars, triangle_guidance
+from splatcast.engine.synth.synthesizer import edm_euler_scheduler
 
-from .recon_configs import TINY_SYNTH, tiny_synthesizer
+from .recon_configs import TINY_SYNTH, TINY_SYNTH_CONFIG, tiny_synthesizer
 
 UNET = dict(TINY_SYNTH["unet"], added_time_dims=(16, 16, 16))
 
@@ -93,7 +92,7 @@ def test_triangle_guidance_rises_to_the_back_and_falls_back():
 
 
 def test_scheduler_is_edm_euler_over_sv3d_sigmas():
-    scheduler = EulerDiscreteScheduler(**SCHEDULER_CONFIG)
+    scheduler = edm_euler_scheduler()
     steps = 25
     scheduler.set_timesteps(steps)
     rho, lo, hi = 7.0, 0.002, 700.0
@@ -103,6 +102,19 @@ def test_scheduler_is_edm_euler_over_sv3d_sigmas():
     assert scheduler.sigmas[-1] == 0
     torch.testing.assert_close(scheduler.timesteps.double(), 0.25 * karras.log(), rtol=1e-5, atol=1e-5)
     assert float(scheduler.init_noise_sigma) == pytest.approx(math.sqrt(hi**2 + 1), rel=1e-5)
+
+
+def test_built_under_a_device_context_and_moved_everything_is_there():
+    """How the GPU benchmark builds the released sizes (here with the meta device standing in):
+    the scheduler's tables stay on the CPU, where it needs them, and ``to`` brings every
+    parameter along, also those diffusers makes with ``torch.Tensor(...)``."""
+    with torch.device("meta"):
+        synthesizer = SV3DSynthesizer.from_config(TINY_SYNTH_CONFIG, **TINY_SYNTH)
+    synthesizer.scheduler.set_timesteps(3)
+    assert synthesizer.scheduler.sigmas.device.type == "cpu"
+    synthesizer.to("meta", torch.float16)
+    tensors = [t for m in synthesizer.modules().values() for t in (*m.parameters(), *m.buffers())]
+    assert all(t.device.type == "meta" for t in tensors)
 
 
 @pytest.fixture(scope="module")

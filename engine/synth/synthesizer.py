@@ -70,6 +70,13 @@ CLIP_VIT_H_14 = {
 """OpenCLIP ViT-H/14's image tower, whose 1024-d embedding is the UNet's cross-attention context."""
 
 
+def edm_euler_scheduler() -> EulerDiscreteScheduler:
+    """The sampler's scheduler. Its tables stay on the CPU (it converts them through numpy), also
+    when the networks are built under a ``torch.device`` context."""
+    with torch.device("cpu"):
+        return EulerDiscreteScheduler(**SCHEDULER_CONFIG)
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """Sampling settings. ``resolution`` is the square view size in pixels (a multiple of 64 for
@@ -121,7 +128,7 @@ class SV3DSynthesizer:
     vae: AutoencoderKL
     image_encoder: CLIPVisionModelWithProjection
     config: SynthConfig = field(default_factory=SynthConfig)
-    scheduler: EulerDiscreteScheduler = field(default_factory=lambda: EulerDiscreteScheduler(**SCHEDULER_CONFIG))
+    scheduler: EulerDiscreteScheduler = field(default_factory=lambda: edm_euler_scheduler())
 
     @classmethod
     def from_config(
@@ -132,7 +139,9 @@ class SV3DSynthesizer:
         image_encoder: dict | None = None,
     ) -> SV3DSynthesizer:
         """Randomly initialised modules: the released sizes, or the given constructor arguments
-        (tests use tiny ones). Load weights with ``checkpoints.load_synthesizer``."""
+        (tests use tiny ones). Load weights with ``checkpoints.load_synthesizer``. Built under a
+        ``torch.device`` context, call ``to(device)`` after: a few diffusers parameters are made
+        with ``torch.Tensor(...)``, which ignores the context."""
         return cls(
             SV3DUNet(**(unet or {})),
             AutoencoderKL(**(vae or VAE_CONFIG)),
