@@ -8,9 +8,12 @@ it without the sandbox, which containers lack.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
+import tarfile
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -31,6 +34,10 @@ CHROMIUM_FLAGS = [
 ]
 
 _install_failure: str | None = None
+
+WEBXR_EMULATOR = ("iwer@2.5.0", "package/build/iwer.min.js", "23d8640949f19db4b1e70398b30e084e4aa555f3a81e4329da3fac1a70b39542")
+"""npm package, the UMD build inside its tarball, and that file's SHA-256."""
+TEST_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "splatcast-tests"
 
 
 def ensure_chromium() -> Path:
@@ -80,3 +87,31 @@ async def chromium_page(width: int, height: int, has_touch: bool = False) -> Asy
             yield watched
         finally:
             await browser.close()
+
+
+def webxr_emulator() -> Path:
+    """Meta's Immersive Web Emulation Runtime (IWER, MIT): a WebXR headset in plain JavaScript,
+    for the VR tests to put on the page, since headless Chromium has none (its own WebXR test API
+    needs Chromium's web-test build). Its UMD build comes from the npm registry with ``npm pack``
+    (which checks the registry's integrity hash) into a cache folder at first use, and must match a
+    pinned SHA-256. The test is skipped when npm or the registry cannot be reached. The product
+    page never loads it."""
+    package, member, sha256 = WEBXR_EMULATOR
+    script = TEST_CACHE / package.replace("@", "-") / Path(member).name
+    if not script.exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.skip("the WebXR emulator comes from the npm registry and npm is not installed")
+        with tempfile.TemporaryDirectory() as scratch:
+            done = subprocess.run([npm, "pack", package, "--silent", "--pack-destination", scratch], capture_output=True, text=True, timeout=300)
+            if done.returncode != 0:
+                pytest.skip(f"`npm pack {package}` failed: {done.stderr.strip()[-300:]}")
+            with tarfile.open(Path(scratch) / done.stdout.strip().splitlines()[-1]) as archive:
+                data = archive.extractfile(member).read()
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise AssertionError(f"{package} {member} does not match its pinned SHA-256")
+        script.parent.mkdir(parents=True, exist_ok=True)
+        partial = script.with_suffix(".partial")
+        partial.write_bytes(data)
+        partial.replace(script)  # atomic: a concurrent test run never reads half a file
+    return script

@@ -49,7 +49,9 @@ export async function connect(offerUrl, video, extra = {}) {
   const pc = new RTCPeerConnection({ iceServers: [] });
   const transceiver = pc.addTransceiver("video", { direction: "recvonly" });
   // Play frames as soon as they decode: the stream is interactive, smoothness matters less.
+  // (jitterBufferTarget is the standard, in ms; playoutDelayHint, in s, what older Chromiums read.)
   if ("jitterBufferTarget" in transceiver.receiver) transceiver.receiver.jitterBufferTarget = 0;
+  if ("playoutDelayHint" in transceiver.receiver) transceiver.receiver.playoutDelayHint = 0;
   const channel = pc.createDataChannel("pose", { ordered: false, maxRetransmits: 0 });
   pc.addEventListener("track", (event) => {
     video.srcObject = event.streams[0] ?? new MediaStream([event.track]);

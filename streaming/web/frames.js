@@ -9,9 +9,17 @@
 const SMOOTHING = 0.1; // weight of the newest sample in the moving averages
 const MEMORY = 256; // frame messages kept for pairing: seconds of video at 60 fps
 const VOTES_TO_LOCK = 5; // presented frames agreeing on one RTP origin before it is trusted
+const LATENCIES_KEPT = 512; // pose -> presented samples kept for percentiles
 
 function smooth(average, sample) {
   return average === null ? sample : average + SMOOTHING * (sample - average);
+}
+
+// The q-quantile (0..1) of `samples`, nearest rank; null for none.
+export function percentile(samples, q) {
+  if (samples.length === 0) return null;
+  const sorted = [...samples].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
 }
 
 export class FrameLog {
@@ -20,6 +28,7 @@ export class FrameLog {
     this.newestSeq = 0; // the newest pose the server has reported rendering
     this.poseToMessageMs = null; // pose sent -> its first frame message received, smoothed
     this.poseToPresentedMs = null; // pose sent -> its first frame presented on screen, smoothed
+    this.poseToPresentedSamples = []; // the same, unsmoothed: the last LATENCIES_KEPT poses
     this.serverMs = { render: null, convert: null, encode: null };
     this.presentedFrames = 0;
     this._presentedAt = []; // presentation times of the last second's frames
@@ -59,8 +68,15 @@ export class FrameLog {
     if (message.seq > this.presentedSeq) {
       this.presentedSeq = message.seq;
       this.poseToPresentedMs = smooth(this.poseToPresentedMs, presentedAt - message.t);
+      this.poseToPresentedSamples.push(presentedAt - message.t);
+      if (this.poseToPresentedSamples.length > LATENCIES_KEPT) this.poseToPresentedSamples.shift();
     }
     return message;
+  }
+
+  // Start the latency samples afresh: the view changed (mono, stereo, VR), and so did the cost.
+  restartLatency() {
+    this.poseToPresentedSamples = [];
   }
 
   // Frames presented during the last second: the frame rate the viewer sees.

@@ -1,22 +1,31 @@
 // The splatcast web client: fetch the scene, connect, steer the orbit camera, send poses, show
-// the readout. Query parameters: `avatar` (an avatar id; default: the server's), `token` (a
-// viewer token, when the server requires one).
+// the readout; "Enter VR" on headsets, a side-by-side stereo preview anywhere. Query parameters:
+// `avatar` (an avatar id; default: the server's), `token` (a viewer token, when the server
+// requires one), `reproject` (in VR: plane, rotation or none; see xr.js).
 
 import { ServerError, connect, requestJSON, videoStats } from "./connection.js";
-import { FrameLog } from "./frames.js";
+import { FrameLog, percentile } from "./frames.js";
+import { yawThenTranslate } from "./mat4.js";
 import { OrbitCamera, attachOrbitControls } from "./orbit.js";
 import { Overlay, formatMs } from "./overlay.js";
 import { PoseStream, parseFrameMessage, streamSize } from "./pose.js";
+import { ImmersiveViewer, REPROJECTIONS, immersiveVrSupported } from "./xr.js";
 
 const READOUT_MS = 500;
+const DEG = Math.PI / 180;
 
 const params = new URLSearchParams(location.search);
+const reprojection = REPROJECTIONS.includes(params.get("reproject")) ? params.get("reproject") : REPROJECTIONS[0];
 const stage = document.getElementById("stage");
 const video = document.getElementById("video");
+const enterVr = document.getElementById("enter-vr");
+const stereoPreview = document.getElementById("stereo-preview");
 const overlay = new Overlay(document.getElementById("overlay"), start);
 
+let scene = null;
 let camera = null; // kept across reconnects, so a retry keeps the view
 let link = null; // the live connection: {pc, channel, poses, frames}
+let immersive = null; // the ImmersiveViewer while a VR session runs
 let error = null;
 
 function fail(message) {
@@ -31,10 +40,17 @@ function stop() {
   link = null;
 }
 
-// The pose to send now: one mono view of the orbit camera, at the size the stage shows, within
-// the server's default pixel budget (what it was configured to stream at).
-function currentPose(scene) {
+// The pose to send now, within the server's default pixel budget per frame (what it was
+// configured to stream at; a stereo pair shares it): in VR the headset's eyes; in the stereo
+// preview two eyes of the orbit camera, each half the stage; else one view of the orbit camera at
+// the size the stage shows.
+function currentPose() {
   const maxPixels = scene.width * scene.height;
+  if (immersive?.views) return immersive.pose(maxPixels / immersive.views.length);
+  if (stereoPreview.checked) {
+    const [width, height] = streamSize(stage.clientWidth / 2, stage.clientHeight, devicePixelRatio, maxPixels / 2);
+    return { width, height, views: camera.eyeViews(width / height) };
+  }
   const [width, height] = streamSize(stage.clientWidth, stage.clientHeight, devicePixelRatio, maxPixels);
   return { width, height, views: [{ matrix: camera.cameraToWorld(), projection: camera.projection(width / height) }] };
 }
@@ -46,13 +62,13 @@ async function start() {
   const extra = {};
   for (const key of ["avatar", "token"]) if (params.has(key)) extra[key] = params.get(key);
   try {
-    const scene = await requestJSON(extra.avatar ? `scene?avatar=${encodeURIComponent(extra.avatar)}` : "scene");
+    scene = await requestJSON(extra.avatar ? `scene?avatar=${encodeURIComponent(extra.avatar)}` : "scene");
     if (camera === null) {
       camera = new OrbitCamera({ target: scene.centre, radius: scene.radius });
       attachOrbitControls(stage, camera, () => link?.poses.changed());
     }
     const { pc, channel } = await connect("offer", video, extra);
-    const current = { pc, channel, poses: new PoseStream(channel, () => currentPose(scene)), frames: new FrameLog() };
+    const current = { pc, channel, poses: new PoseStream(channel, currentPose), frames: new FrameLog() };
     channel.addEventListener("message", (event) => {
       const message = parseFrameMessage(event.data);
       if (message) current.frames.onMessage(message, performance.now());
@@ -71,20 +87,60 @@ async function start() {
   }
 }
 
+// Each presented frame is paired with the pose it shows; in VR that pose is what it is reprojected from.
 function watchPresentedFrames() {
   if (!("requestVideoFrameCallback" in HTMLVideoElement.prototype)) return;
   const onFrame = (_now, metadata) => {
-    link?.frames.onPresented(metadata.rtpTimestamp, metadata.presentationTime);
+    const message = link?.frames.onPresented(metadata.rtpTimestamp, metadata.presentationTime) ?? null;
+    const pose = message && link.poses.sentPose(message.seq);
+    immersive?.framePresented(pose ? message.seq : 0, pose?.views ?? null);
     video.requestVideoFrameCallback(onFrame);
   };
   video.requestVideoFrameCallback(onFrame);
 }
 
+function viewChanged() {
+  link?.frames.restartLatency();
+  link?.poses.changed();
+}
+
+// The VR session starts where the flat view's camera is, turned as it was, level.
+async function startImmersive() {
+  if (camera === null) return; // no scene yet: nowhere to place the viewer
+  enterVr.disabled = true;
+  try {
+    immersive = await ImmersiveViewer.start({
+      video,
+      placement: yawThenTranslate(camera.azimuthDeg * DEG, camera.eye),
+      avatarCentre: scene.centre,
+      mode: reprojection,
+      onViews: () => link?.poses.send(),
+      onEnd: () => {
+        immersive = null;
+        enterVr.disabled = false;
+        viewChanged();
+      },
+    });
+    link?.frames.restartLatency();
+  } catch (e) {
+    enterVr.disabled = false;
+    fail(`cannot enter VR: ${e.message}`);
+  }
+}
+
+async function offerImmersive() {
+  if (!(await immersiveVrSupported())) return;
+  enterVr.hidden = false;
+  enterVr.addEventListener("click", () => (immersive ? immersive.end() : startImmersive()));
+}
+
 async function snapshot() {
   const decoded = link ? await videoStats(link.pc) : null;
   const frames = link?.frames;
+  const latencies = frames?.poseToPresentedSamples ?? [];
   return {
     error,
+    mode: immersive ? "vr" : stereoPreview.checked ? "stereo preview" : "mono",
     connectionState: link?.pc.connectionState ?? "closed",
     channelState: link?.channel.readyState ?? "closed",
     codec: decoded?.codec ?? null,
@@ -100,7 +156,16 @@ async function snapshot() {
     presentedSeq: frames?.presentedSeq ?? 0,
     poseToMessageMs: frames?.poseToMessageMs ?? null,
     poseToPresentedMs: frames?.poseToPresentedMs ?? null,
+    poseToPresentedP50: percentile(latencies, 0.5),
+    poseToPresentedP95: percentile(latencies, 0.95),
+    poseToPresentedSamples: latencies.length,
     serverMs: frames ? { ...frames.serverMs } : null,
+    xr: immersive && {
+      frames: immersive.xrFrames,
+      reprojectedFrames: immersive.reprojectedFrames,
+      renderedSeq: immersive.renderedSeq,
+      reprojection: immersive.mode,
+    },
     camera: camera && { azimuthDeg: camera.azimuthDeg, elevationDeg: camera.elevationDeg, radius: camera.radius, target: [...camera.target] },
   };
 }
@@ -111,11 +176,13 @@ async function refreshReadout() {
   const ms = s.serverMs;
   overlay.update([
     ["connection", s.connectionState],
+    ["view", s.mode === "vr" ? `VR, ${s.xr.reprojection} reprojection` : s.mode],
     ["codec", s.codec ?? "–"],
     ["stream", s.frameWidth ? `${s.frameWidth}×${s.frameHeight}` : "–"],
     ["video", `${s.fps.toFixed(1)} fps`],
     ["pose → frame", formatMs(s.poseToMessageMs)],
     ["pose → shown", formatMs(s.poseToPresentedMs)],
+    ["pose → shown p95", formatMs(s.poseToPresentedP95)],
     ["render", formatMs(ms.render)],
     ["convert", formatMs(ms.convert)],
     ["encode", formatMs(ms.encode)],
@@ -123,10 +190,16 @@ async function refreshReadout() {
   ]);
 }
 
-// Read-only hook for tests and debugging in the console: `await splatcast.stats()`.
-window.splatcast = Object.freeze({ stats: snapshot });
+// Read-only hooks for tests and debugging in the console: `await splatcast.stats()`, and in VR
+// `await splatcast.captureXRFrame()` (what each eye shows, see ImmersiveViewer.capture).
+window.splatcast = Object.freeze({
+  stats: snapshot,
+  captureXRFrame: () => (immersive ? immersive.capture() : Promise.reject(new Error("no VR session"))),
+});
 window.addEventListener("resize", () => link?.poses.changed());
+stereoPreview.addEventListener("change", viewChanged);
 window.addEventListener("pagehide", stop); // free the server's session now, not at its idle timeout
 setInterval(refreshReadout, READOUT_MS);
 watchPresentedFrames();
+offerImmersive();
 start();

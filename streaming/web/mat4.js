@@ -34,3 +34,21 @@ export function perspective(verticalFovDeg, aspect, near, far) {
     0, 0, (2 * far * near) / (near - far), 0,
   ];
 }
+
+// The product a * b of two column-major 4x4 matrices (apply b, then a).
+export function multiply(a, b) {
+  const out = new Array(16);
+  for (let c = 0; c < 4; c++) {
+    for (let r = 0; r < 4; r++) {
+      out[4 * c + r] = a[r] * b[4 * c] + a[4 + r] * b[4 * c + 1] + a[8 + r] * b[4 * c + 2] + a[12 + r] * b[4 * c + 3];
+    }
+  }
+  return out;
+}
+
+// A rigid transform: a turn of `yawRad` about +y (positive turns -z towards -x), then a move to `position`.
+export function yawThenTranslate(yawRad, position) {
+  const c = Math.cos(yawRad);
+  const s = Math.sin(yawRad);
+  return [c, 0, -s, 0, 0, 1, 0, 0, s, 0, c, 0, ...position, 1];
+}

@@ -12,6 +12,7 @@ const DEG = Math.PI / 180;
 const ROTATE_DEG_PER_PX = 0.4;
 const WHEEL_ZOOM_PER_PX = 0.0015;
 const MAX_ELEVATION_DEG = 89; // the look-at frame flips at the poles
+export const IPD_M = 0.063; // a typical interpupillary distance, metres
 
 export class OrbitCamera {
   constructor({ target, radius, azimuthDeg = 0, elevationDeg = 0, fovDeg = 40 }) {
@@ -53,6 +54,17 @@ export class OrbitCamera {
   // Column-major OpenGL projection for a viewport of this aspect (width / height).
   projection(aspect) {
     return perspective(this.verticalFovDeg(aspect), aspect, Math.max(0.01, this.radius * 0.01), this.radius * 100);
+  }
+
+  // A stereo pair {matrix, projection} (left, right): the camera moved half the interpupillary
+  // distance `ipd` (metres) along its x axis each way, both with this aspect's projection.
+  eyeViews(aspect, ipd = IPD_M) {
+    const matrix = this.cameraToWorld();
+    const projection = this.projection(aspect);
+    return [-ipd / 2, ipd / 2].map((offset) => ({
+      matrix: matrix.map((x, i) => (i >= 12 && i < 15 ? x + offset * matrix[i - 12] : x)),
+      projection,
+    }));
   }
 
   // Turn the camera around the target; a drag to the right turns the avatar to the right.

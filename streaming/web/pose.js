@@ -3,6 +3,7 @@
 
 export const PROTOCOL_VERSION = 1;
 const HEARTBEAT_MS = 100; // the channel is lossy: a steady re-send repairs a lost pose
+const POSES_KEPT = 256; // sent poses remembered by seq: seconds of poses at a headset's 90 Hz
 
 // One pose message. `views` lists {matrix, projection} per view (one: mono, two: a stereo pair),
 // both column-major OpenGL; `width` x `height` is the size wanted per view, in pixels; `t` is
@@ -42,15 +43,17 @@ export function streamSize(cssWidth, cssHeight, devicePixelRatio, maxPixels) {
   return [even(width), even(height)];
 }
 
-// Sends poses on `channel`: once per animation frame after `changed()` and every HEARTBEAT_MS
-// regardless. `currentPose()` returns {width, height, views} at send time; seq grows by one per
-// message sent.
+// Sends poses on `channel`: once per animation frame after `changed()`, whenever `send()` is
+// called (an XR session sends one per XR frame), and every HEARTBEAT_MS regardless.
+// `currentPose()` returns {width, height, views} at send time; seq grows by one per message sent.
+// The last poses sent are kept, so a frame naming its seq can be drawn knowing its views.
 export class PoseStream {
   constructor(channel, currentPose) {
     this.channel = channel;
     this.currentPose = currentPose;
     this.seq = 0;
     this.lastSentAt = -Infinity;
+    this._sent = new Map(); // seq -> {width, height, views}
     this._scheduled = false;
     this._heartbeat = setInterval(() => {
       if (performance.now() - this.lastSentAt >= HEARTBEAT_MS * 0.9) this.send();
@@ -69,10 +72,17 @@ export class PoseStream {
 
   send() {
     if (this.channel.readyState !== "open") return;
-    const { width, height, views } = this.currentPose();
+    const pose = this.currentPose();
     this.seq += 1;
     this.lastSentAt = performance.now();
-    this.channel.send(poseMessage(this.seq, this.lastSentAt, width, height, views));
+    this.channel.send(poseMessage(this.seq, this.lastSentAt, pose.width, pose.height, pose.views));
+    this._sent.set(this.seq, pose);
+    if (this._sent.size > POSES_KEPT) this._sent.delete(this._sent.keys().next().value);
+  }
+
+  // The pose sent with `seq`, or undefined when it is too old to be remembered.
+  sentPose(seq) {
+    return this._sent.get(seq);
   }
 
   stop() {
