@@ -19,7 +19,6 @@ import os
 
 import pytest
 import torch
-
 from splatcast.engine.lrt import LatentReconstructionTransformer, LRTConfig
 from splatcast.engine.synth import SV3DSynthesizer, SynthConfig
 

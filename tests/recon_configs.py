@@ -4,23 +4,23 @@ from splatcast.engine.lrt import LRTConfig
 from splatcast.engine.synth import SV3DSynthesizer, SynthConfig
 
 TINY_SYNTH = {
-    "unet": dict(
-        block_out_channels=(32, 32, 32, 32),
-        num_attention_heads=(2, 2, 2, 2),
-        cross_attention_dim=16,
-        layers_per_block=1,
-        added_time_dims=(8, 16, 16),
-    ),
-    "vae": dict(
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(32, 32, 32, 32),
-        layers_per_block=1,
-        latent_channels=4,
-    ),
-    "image_encoder": dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=8, image_size=32, projection_dim=16
-    ),
+    "unet": {
+        "block_out_channels": (32, 32, 32, 32),
+        "num_attention_heads": (2, 2, 2, 2),
+        "cross_attention_dim": 16,
+        "layers_per_block": 1,
+        "added_time_dims": (8, 16, 16),
+    },
+    "vae": {
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "block_out_channels": (32, 32, 32, 32),
+        "layers_per_block": 1,
+        "latent_channels": 4,
+    },
+    "image_encoder": {
+        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "patch_size": 8, "image_size": 32, "projection_dim": 16
+    },
 }
 """64x64 views, 8x8 latents (the VAE downsamples 8x, as the released one); 4 orbit views, at
 90, 180, 270 and 0 degrees, so the pipeline finds its three generated views exactly."""

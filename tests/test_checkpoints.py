@@ -10,7 +10,6 @@ from collections import Counter
 import pytest
 import torch
 from safetensors.torch import save_file
-
 from splatcast.engine.checkpoints import (
     CHECKPOINT_FILES,
     CheckpointError,
@@ -30,12 +29,12 @@ from .recon_configs import TINY_LRT, TINY_SYNTH, tiny_synthesizer
 
 MODEL_CHANNELS, CHANNEL_MULT, HEAD_CHANNELS, CONTEXT_DIM, ADM = 32, (1, 2, 4, 4), 16, 24, (8, 16, 16)
 ATTENTION_LEVELS = (0, 1, 2)  # attention_resolutions [4, 2, 1]: every level but the coarsest
-UNET_CONFIG = dict(
-    block_out_channels=tuple(MODEL_CHANNELS * m for m in CHANNEL_MULT),
-    num_attention_heads=tuple(MODEL_CHANNELS * m // HEAD_CHANNELS for m in CHANNEL_MULT),
-    cross_attention_dim=CONTEXT_DIM,
-    added_time_dims=ADM,
-)
+UNET_CONFIG = {
+    "block_out_channels": tuple(MODEL_CHANNELS * m for m in CHANNEL_MULT),
+    "num_attention_heads": tuple(MODEL_CHANNELS * m // HEAD_CHANNELS for m in CHANNEL_MULT),
+    "cross_attention_dim": CONTEXT_DIM,
+    "added_time_dims": ADM,
+}
 
 
 def sgm_video_unet_shapes(in_channels=8, out_channels=4, num_res_blocks=2) -> dict[str, tuple[int, ...]]:

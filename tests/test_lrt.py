@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from splatcast.engine.lrt import LatentReconstructionTransformer, LRTConfig, plucker_rays, to_cloud
 from splatcast.engine.lrt.model import merge_2x2, split_2x2
 from splatcast.kernels.cameras import Views, invert_rigid, look_at

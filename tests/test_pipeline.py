@@ -8,7 +8,6 @@ import pytest
 import roma
 import torch
 from skimage.data import astronaut
-
 from splatcast.engine.framing import FILL, frame_person
 from splatcast.engine.images import ImageError
 from splatcast.engine.lrt import LatentReconstructionTransformer, LRTConfig

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from diffusers import UNetSpatioTemporalConditionModel
-
 from splatcast.engine.synth import SV3DSynthesizer, SV3DUNet, SynthConfig, orbit_azimuths, orbit_polars, triangle_guidance
 from splatcast.engine.synth.synthesizer import edm_euler_scheduler
 
