@@ -9,7 +9,7 @@ import threading
 from aiohttp.test_utils import TestServer
 
 from splatcast.streaming.server import SERVER_KEY, ServerConfig, create_app
-from splatcast.streaming.viewer import Viewer
+from splatcast.streaming.viewer import Viewer, pose_message
 
 from .test_load import resident_mb
 from .test_streaming import figure_cloud, wait_for
@@ -26,6 +26,7 @@ async def one_cycle(url: str, index: int) -> None:
     viewer = Viewer()
     try:
         await viewer.connect(url)
+        viewer.channel.send(pose_message(1, 10.0 * index, 64, 48, 2.0, (0.0, 0.7, 0.0)))
         await asyncio.wait_for(viewer.track.recv(), 20)
         if index % 3 == 0:
             # Vanish: the transport dies without closing DTLS or SCTP; the server must notice.
@@ -35,14 +36,14 @@ async def one_cycle(url: str, index: int) -> None:
 
 
 async def test_soak_cycles_leave_no_session_and_leak_nothing():
-    config = ServerConfig(fps=30, width=64, height=48, max_sessions=64, sessions_per_address=64, idle_timeout=1.5)
+    config = ServerConfig(fps=30, width=64, height=48, max_sessions=64, sessions_per_address=64, idle_timeout=3.0)
     server = TestServer(create_app({"figure": figure_cloud(300)}, config), host="127.0.0.1")
     await server.start_server()
     srv = server.app[SERVER_KEY]
     url = str(server.make_url("")).rstrip("/")
     try:
         await asyncio.gather(*(one_cycle(url, i) for i in range(CONCURRENCY)))  # warm-up
-        assert await wait_for(lambda: len(srv.sessions) == 0, 10)
+        assert await wait_for(lambda: len(srv.sessions) == 0, 20)
         fds, threads, memory = open_fds(), threading.active_count(), resident_mb()
 
         semaphore = asyncio.Semaphore(CONCURRENCY)
