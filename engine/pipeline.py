@@ -1,8 +1,8 @@
 """The learned reconstruction, HumanSplat's way: photo -> segmentation -> body prior -> SV3D_p
 novel views (latents) -> latent reconstruction transformer -> 3D Gaussians.
 
-Each stage is timed (``ReconstructionPipeline.timings``, seconds, GPU work synchronised) and shown
-with a progress bar. Results depend only on the photos, the weights and ``seed``; a batch of
+Each stage is timed (``ReconstructionPipeline.timings``, seconds, GPU work synchronised; loading
+the photo counts to "segmentation") and shown with a progress bar. Results depend only on the photos, the weights and ``seed``; a batch of
 photos shares the synthesis and reconstruction passes, and each photo's avatar is the one it
 gets alone (to floating-point rounding).
 
