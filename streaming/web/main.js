@@ -117,14 +117,16 @@ async function startImmersive() {
       onViews: () => link?.poses.send(),
       onEnd: () => {
         immersive = null;
-        enterVr.disabled = false;
+        enterVr.textContent = "Enter VR";
         viewChanged();
       },
     });
+    enterVr.textContent = "Exit VR";
     link?.frames.restartLatency();
   } catch (e) {
-    enterVr.disabled = false;
     fail(`cannot enter VR: ${e.message}`);
+  } finally {
+    enterVr.disabled = false;
   }
 }
 
@@ -158,7 +160,7 @@ async function snapshot() {
     poseToPresentedMs: frames?.poseToPresentedMs ?? null,
     poseToPresentedP50: percentile(latencies, 0.5),
     poseToPresentedP95: percentile(latencies, 0.95),
-    poseToPresentedSamples: latencies.length,
+    poseToPresentedCount: latencies.length,
     serverMs: frames ? { ...frames.serverMs } : null,
     xr: immersive && {
       frames: immersive.xrFrames,
