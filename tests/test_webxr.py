@@ -337,6 +337,8 @@ async def test_reprojection_keeps_a_moving_head_close_to_a_fresh_render():
             "server_fps": 30,
             "head_motions": HEAD_MOTIONS,
             "pose_to_presented_ms": {"p50": final["poseToPresentedP50"], "p95": final["poseToPresentedP95"], "samples": final["poseToPresentedCount"]},
+            "presented_fps": final["fps"],
+            "server_ms_smoothed": final["serverMs"],
             **results,
         })
 
