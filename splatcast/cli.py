@@ -40,13 +40,37 @@ def _load(path: str | None):
     return load_asset(path or sample_avatar_path())
 
 
+def _reconstruct(photo: str, checkpoints: str | None, num_gaussians: int, seed: int = 0):
+    from .engine.reconstruct import reconstruct_photo
+
+    with console.status(f"reconstructing {photo}") as status:
+        cloud = reconstruct_photo(
+            photo, checkpoints, num_gaussians, progress=lambda stage: status.update(f"reconstructing {photo}: {stage}"), seed=seed
+        )
+    console.print(f"reconstructed {len(cloud):,} Gaussians from {photo}")
+    return cloud
+
+
+def reconstruct(args: argparse.Namespace) -> int:
+    from .engine.formats import save_asset
+
+    save_asset(_reconstruct(args.photo, args.checkpoints, args.gaussians, args.seed), args.output)
+    console.print(f"wrote {args.output}")
+    return 0
+
+
 def serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from .streaming.server import ServerConfig, StreamingServer
 
-    cloud = _load(args.avatar)
-    avatar_id = Path(args.avatar).stem if args.avatar else "sample"
+    if args.photo and args.avatar:
+        raise SystemExit("give --avatar or --photo, not both")
+    if args.photo:
+        cloud, avatar_id = _reconstruct(args.photo, args.checkpoints, args.gaussians), Path(args.photo).stem
+    else:
+        cloud = _load(args.avatar)
+        avatar_id = Path(args.avatar).stem if args.avatar else "sample"
     config = ServerConfig(
         host=args.host,
         port=args.port,
@@ -59,6 +83,7 @@ def serve(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         ice_servers=args.ice_server,
         store_dir=args.store,
+        checkpoints=args.checkpoints,
         api_key=args.api_key or os.environ.get("SPLATCAST_API_KEY"),
     )
     with console.status(f"preparing {avatar_id} ({len(cloud):,} Gaussians) for streaming"):
@@ -102,6 +127,12 @@ def info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reconstruction_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoints", default=os.environ.get("SPLATCAST_CHECKPOINTS"),
+                        help="folder of the learned pipeline's weights (default: the weight-free path)")
+    parser.add_argument("--gaussians", type=_positive_int, default=50_000, help="size of a weight-free avatar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="splatcast", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -109,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("serve", help="stream an avatar to browsers over WebRTC")
     p.add_argument("--avatar", help="a .ply or .splat Gaussian asset (default: the bundled sample)")
+    p.add_argument("--photo", help="reconstruct this photo first and stream the result")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--fps", type=_positive_int, default=60, help="stream frame rate")
@@ -120,7 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ice-server", action="append", default=[], help="STUN/TURN URL (repeatable); none by default")
     p.add_argument("--store", help="folder for uploaded and reconstructed avatars (default: a temporary one)")
     p.add_argument("--api-key", help="turn security on (or set SPLATCAST_API_KEY): management calls need it, viewers need tokens")
+    _reconstruction_options(p)
     p.set_defaults(run=serve)
+
+    p = commands.add_parser("reconstruct", help="one photo -> a Gaussian avatar (.ply or .splat)")
+    p.add_argument("photo", help="a photo of one person (JPEG, PNG, WebP, ...)")
+    p.add_argument("-o", "--output", required=True, help="the asset to write (.ply or .splat)")
+    p.add_argument("--seed", type=int, default=0)
+    _reconstruction_options(p)
+    p.set_defaults(run=reconstruct)
 
     p = commands.add_parser("render", help="render an avatar to a PNG (CPU reference renderer)")
     p.add_argument("avatar", nargs="?", help="a .ply or .splat asset (default: the bundled sample)")
@@ -150,10 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("aioice").setLevel(logging.WARNING)
     logging.getLogger("aiortc").setLevel(logging.WARNING)
     from .engine.gaussians import AssetError
+    from .engine.images import ImageError
+    from .engine.prior import BodyModelError
 
     try:
         return args.run(args)
-    except (AssetError, FileNotFoundError, IsADirectoryError, PermissionError) as error:
+    except (AssetError, ImageError, BodyModelError, FileNotFoundError, IsADirectoryError, PermissionError) as error:
         console.print(f"[red]error:[/red] {error}")
         return 2
     except OSError as error:  # e.g. the port is taken

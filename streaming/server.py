@@ -21,6 +21,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSend
 from aiortc.sdp import SessionDescription
 
 from ..engine.gaussians import GaussianCloud
+from ..engine.reconstruct import reconstruct_photo
 from ..kernels.cameras import Views, frame_bounds, intrinsics_from_fov, orbit_camera, single_view
 from .api import AvatarAPI
 from .auth import Authority, AuthError
@@ -59,6 +60,8 @@ class ServerConfig:
     background: tuple[float, float, float] = (0.08, 0.08, 0.1)
     ice_servers: list[str] = field(default_factory=list)
     """STUN/TURN URLs. Empty by default: aiortc would otherwise ask a public STUN server."""
+    checkpoints: str | None = None
+    """Weights of the learned reconstruction; None: photos go through the weight-free path."""
     store_dir: str | None = None
     """Where uploaded and reconstructed avatars live; None: a temporary folder for this run."""
     api_key: str | None = None
@@ -145,7 +148,12 @@ class StreamingServer:
         self._scratch = None if config.store_dir else tempfile.TemporaryDirectory(prefix="splatcast-avatars-")
         self.store = AvatarStore(config.store_dir or self._scratch.name, config.max_gaussians)
         self.authority = Authority(config.api_key)
-        self.jobs = ReconstructionQueue(self.store, reconstruct or default_reconstruct, self._add_avatar, config.max_pending_jobs)
+        if reconstruct is None:
+
+            def reconstruct(photo: Path, report: Callable[[str], None]) -> GaussianCloud:
+                return reconstruct_photo(photo, checkpoints=config.checkpoints, progress=report)
+
+        self.jobs = ReconstructionQueue(self.store, reconstruct, self._add_avatar, config.max_pending_jobs)
         self.api = AvatarAPI(self.store, self.jobs, self.authority, config.max_image_pixels, self._add_avatar, self._forget_avatar)
 
     def _add_avatar(self, avatar_id: str, cloud: GaussianCloud) -> None:
@@ -265,13 +273,6 @@ class StreamingServer:
         self.render_loop.add(track, avatar.renderer)
         logger.info("session %s: avatar %s, codec %s", session.id, avatar.id, track.codec_mime)
         return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session": session.id})
-
-
-def default_reconstruct(photo: Path, report: Callable[[str], None]) -> GaussianCloud:
-    """The engine's photo -> avatar pipeline (the weight-free one unless checkpoints are set)."""
-    from ..engine.pipeline import reconstruct_photo
-
-    return reconstruct_photo(photo, progress=report)
 
 
 def create_app(

@@ -1,5 +1,6 @@
 """The avatar service API: uploads, status, downloads, deletion, tokens, limits, persistence."""
 
+import asyncio
 import io
 import time
 
@@ -210,5 +211,66 @@ async def test_openapi_spec_is_served_and_names_every_route(tmp_path):
         assert spec["openapi"].startswith("3.")
         for path in ("/offer", "/avatars", "/avatars/{id}", "/avatars/{id}/ply", "/avatars/{id}/tokens", "/healthz", "/scene"):
             assert path in spec["paths"]
+    finally:
+        await server.close()
+
+
+def astronaut_png() -> bytes:
+    from PIL import Image
+    from skimage import data
+
+    buffer = io.BytesIO()
+    Image.fromarray(data.astronaut()).resize((256, 256)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def wait_for_status(http, server, avatar_id: str, wanted: set[str], timeout: float = 240.0) -> dict:
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        async with http.get(url(server, f"/avatars/{avatar_id}"), headers=MANAGER) as r:
+            record = await r.json()
+        if not seen or seen[-1] != (record["status"], record["stage"]):
+            seen.append((record["status"], record["stage"]))
+        if record["status"] in wanted:
+            record["seen"] = seen
+            return record
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"avatar {avatar_id} stayed {seen[-1]}")
+
+
+async def test_photo_upload_is_reconstructed_in_the_background_and_streams(tmp_path):
+    server = await start(tmp_path)
+    try:
+        async with aiohttp.ClientSession() as http:
+            status, record = await upload(http, server, astronaut_png())
+            assert status == 202 and record["status"] == "queued" and record["job"] == f"/avatars/{record['id']}"
+            done = await wait_for_status(http, server, record["id"], {"ready", "failed"})
+            assert done["status"] == "ready", done
+            assert any(state == "running" and stage for state, stage in done["seen"]), done["seen"]
+            async with http.post(url(server, f"/avatars/{record['id']}/tokens"), headers=MANAGER) as r:
+                token = (await r.json())["token"]
+        viewer = Viewer()
+        await viewer.connect(url(server).rstrip("/"), avatar=record["id"], token=token)
+        assert (await asyncio.wait_for(viewer.track.recv(), 20)).width == 96
+        await viewer.close()
+    finally:
+        await server.close()
+
+
+async def test_photo_without_a_person_fails_with_a_reason(tmp_path):
+    from PIL import Image
+
+    server = await start(tmp_path)
+    blank = io.BytesIO()
+    Image.new("RGB", (128, 128), (200, 200, 200)).save(blank, format="PNG")
+    try:
+        async with aiohttp.ClientSession() as http:
+            status, record = await upload(http, server, blank.getvalue())
+            assert status == 202
+            done = await wait_for_status(http, server, record["id"], {"ready", "failed"})
+            assert done["status"] == "failed" and done["reason"]
+            async with http.get(url(server, f"/avatars/{record['id']}/ply"), headers=MANAGER) as r:
+                assert r.status == 409
     finally:
         await server.close()
