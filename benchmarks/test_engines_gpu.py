@@ -30,12 +30,12 @@ import torch
 pytestmark = pytest.mark.gpu
 diffusers = pytest.importorskip("diffusers")
 
-from splatcast.engine.lrt import LatentReconstructionTransformer  # noqa: E402
-from splatcast.engine.synth import SV3DUNet  # noqa: E402
-from splatcast.export.build import relative_error  # noqa: E402
-from splatcast.export.cache import EngineCache  # noqa: E402
-from splatcast.export.graphs import lrt_graph, synth_step_graph  # noqa: E402
-from splatcast.export.torch_engine import build_torch_engine  # noqa: E402
+from splatcast.engine.lrt import LatentReconstructionTransformer
+from splatcast.engine.synth import SV3DUNet
+from splatcast.export.build import relative_error
+from splatcast.export.cache import EngineCache
+from splatcast.export.graphs import lrt_graph, synth_step_graph
+from splatcast.export.torch_engine import build_torch_engine
 
 VIEWS, RESOLUTION, CFG_BATCH, PRIOR_TOKENS = 21, 576, 2, 2048
 ROUNDS, WARMUP = 10, 2
@@ -133,7 +133,7 @@ def fp16_output():
 
 def test_stock_diffusers_eager_fp16(benchmark, step):
     """diffusers' own UNetSpatioTemporalConditionModel (SVD's config, per-clip ids), as shipped."""
-    graph, inputs, _ = step
+    _, inputs, _ = step
     from diffusers import UNetSpatioTemporalConditionModel
 
     torch.manual_seed(0)
@@ -147,7 +147,6 @@ def test_stock_diffusers_eager_fp16(benchmark, step):
             stock(sample, timestep, context, ids)
 
     record("synth_step/stock-diffusers-eager-fp16", **gpu_time(benchmark, call))
-    del stock
 
 
 def test_splatcast_eager_fp16(benchmark, step, fp16_output):
@@ -256,7 +255,7 @@ def test_torch_engine_aot_build_and_cached_start(benchmark, step, tmp_path_facto
 def test_stock_torch_compile(benchmark, step):
     """torch.compile (default mode) of the stock diffusers UNet: first call (compile) and steps."""
     need_seconds("synth_step/stock-diffusers-torch-compile-fp16", 260)
-    graph, inputs, _ = step
+    _, inputs, _ = step
     from diffusers import UNetSpatioTemporalConditionModel
 
     torch.manual_seed(0)

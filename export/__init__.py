@@ -6,9 +6,21 @@ module is always available as the reference. TensorRT and torch-tensorrt are opt
 (``pip install 'splatcast[tensorrt]'``) and imported only when used.
 """
 
-from .build import ENGINES, EngineBuild, EngineConfig, build_engines, default_engine, load_engine
+from .build import (
+    ENGINES,
+    EngineBuild,
+    EngineConfig,
+    build_engines,
+    default_engine,
+    load_engine,
+)
 from .cache import EngineCache, EngineKey
-from .errors import EngineError, EngineInputError, EngineUnavailableError, MissingDependencyError
+from .errors import (
+    EngineError,
+    EngineInputError,
+    EngineUnavailableError,
+    MissingDependencyError,
+)
 from .graphs import Engine, Graph, lrt_graph, synth_step_graph
 
 __all__ = [

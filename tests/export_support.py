@@ -1,7 +1,6 @@
 """Tiny graphs of the real architectures for the engine tests (random weights, CPU-fast export)."""
 
 import torch
-
 from splatcast.engine.lrt import LatentReconstructionTransformer
 from splatcast.engine.synth import SV3DUNet
 from splatcast.export.graphs import lrt_graph, synth_step_graph
@@ -10,16 +9,16 @@ from .recon_configs import TINY_LRT
 
 # Two U levels (one with cross-attention, one without) of SV3D_p's UNet: every block type the
 # released model has, at the smallest size its ONNX export and AOTInductor build stay quick.
-TINY_STEP_UNET = dict(
-    down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
-    up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
-    block_out_channels=(32, 64),
-    num_attention_heads=(2, 4),
-    cross_attention_dim=32,
-    layers_per_block=1,
-    added_time_dims=(8, 16, 16),
-    num_frames=3,
-)
+TINY_STEP_UNET = {
+    "down_block_types": ("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+    "up_block_types": ("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+    "block_out_channels": (32, 64),
+    "num_attention_heads": (2, 4),
+    "cross_attention_dim": 32,
+    "layers_per_block": 1,
+    "added_time_dims": (8, 16, 16),
+    "num_frames": 3,
+}
 PRIOR_POINTS = 40
 
 

@@ -9,7 +9,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-
 from splatcast.export.cache import MANIFEST, EngineCache, EngineKey, state_dict_digest
 from splatcast.export.graphs import Graph
 

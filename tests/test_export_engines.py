@@ -10,13 +10,25 @@ import importlib.util
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-
-from splatcast.export import EngineConfig, EngineError, EngineInputError, EngineUnavailableError, MissingDependencyError, build_engines, load_engine
+from splatcast.export import (
+    EngineConfig,
+    EngineError,
+    EngineInputError,
+    EngineUnavailableError,
+    MissingDependencyError,
+    build_engines,
+    load_engine,
+)
 from splatcast.export.build import relative_error
 from splatcast.export.cache import EngineCache
 from splatcast.export.fp8 import E4M3_MAX, Float8Linear, quantize_linears
-from splatcast.export.tensorrt import TensorRTEngine, batch_profile, build_engine, compile_torch_tensorrt
+from splatcast.export.tensorrt import (
+    TensorRTEngine,
+    batch_profile,
+    build_engine,
+    compile_torch_tensorrt,
+)
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .export_support import tiny_lrt_graph, tiny_step_graph
 

@@ -10,7 +10,6 @@ are marked slow; the full-size AOTInductor engine is built, checked and timed by
 
 import pytest
 import torch
-
 from splatcast.export.build import relative_error
 from splatcast.export.cache import EngineCache
 from splatcast.export.fp8 import E4M3_MAX, Float8Linear

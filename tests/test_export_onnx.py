@@ -13,7 +13,6 @@ between them; ``--run-slow`` covers all four combinations of each.
 import onnx
 import pytest
 import torch
-
 from splatcast.export.onnx import OnnxSession, export_onnx
 
 from .export_support import tiny_lrt_graph, tiny_step_graph
