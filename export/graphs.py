@@ -59,10 +59,6 @@ class Graph:
         inputs = {n: self._cast(n, x, dtype, device) for n, x in self.inputs.items()}
         return replace(self, module=module, inputs=inputs)
 
-    def with_batch(self, batch: int, generator: torch.Generator | None = None) -> Graph:
-        """The same graph with fresh random example inputs of another batch size."""
-        return replace(self, inputs=self.random_inputs(batch, generator))
-
     def random_inputs(self, batch: int | None = None, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Fresh standard-normal inputs of this graph's shapes and dtypes (batch resized if given)."""
         inputs = {}
