@@ -17,9 +17,9 @@ import time
 from collections import defaultdict
 
 import torch
-from test_rasterizer_gpu import BACKGROUND, CASES, case_views, cloud_of
 
 from splatcast.kernels.cuda_rasterizer import CudaRasterizer
+from test_rasterizer_gpu import BACKGROUND, CASES, case_views, cloud_of
 
 FRAMES = 40
 
@@ -109,7 +109,6 @@ def profile(case: str, storage: torch.dtype) -> dict:
         "pairs": int(rasterizer._ends[entries - 1]), "pair_slots": plan.pair_slots,
         "busy_tiles": int(busy.numel()), "mean_list": round(float(busy.mean()), 1), "max_list": int(busy.max()),
     }
-    del rasterizer, plan, rgb_plan
 
     eager = CudaRasterizer(n, storage=storage, graphs=False)
     eager.render_i420(cloud, views, BACKGROUND, per_frame)
@@ -131,14 +130,14 @@ def profile(case: str, storage: torch.dtype) -> dict:
     result["heaviest_tile_blend_ms"] = median_ms(lambda: timer.extension.blend(
         alone, None, eager._pair_values_sorted, eager._splats, plan.background, plan.num_views, plan.width, plan.height,
         plan.image, None, False, True))
-    del eager, plan
-    torch.cuda.empty_cache()
     return result
 
 
 def main(path: str) -> None:
-    results = [profile(case, torch.float16) for case in CASES]
-    results.append(profile("100k-1080p", torch.float32))
+    results = []
+    for case, storage in [*((case, torch.float16) for case in CASES), ("100k-1080p", torch.float32)]:
+        results.append(profile(case, storage))
+        torch.cuda.empty_cache()
     with open(path, "w") as f:
         json.dump({"device": torch.cuda.get_device_name(), "profiles": results}, f, indent=1)
     for r in results:

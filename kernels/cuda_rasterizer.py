@@ -233,9 +233,9 @@ class CudaRasterizer:
         if entries <= self._entry_capacity:
             return
         entries = max(entries, self._entry_capacity * 5 // 4)
-        f32 = dict(dtype=torch.float32, device=self.device)
-        i32 = dict(dtype=torch.int32, device=self.device)
-        i64 = dict(dtype=torch.int64, device=self.device)
+        f32 = {"dtype": torch.float32, "device": self.device}
+        i32 = {"dtype": torch.int32, "device": self.device}
+        i64 = {"dtype": torch.int64, "device": self.device}
         self._splats = torch.empty(entries, 8, **f32)
         self._depth_keys = torch.empty(entries, **i32)
         self._entry_ids = torch.empty(entries, **i32)
@@ -250,7 +250,7 @@ class CudaRasterizer:
     def _reserve_pairs(self, pairs: int) -> None:
         if pairs <= self._pair_capacity:
             return
-        i32 = dict(dtype=torch.int32, device=self.device)
+        i32 = {"dtype": torch.int32, "device": self.device}
         self._pair_keys = torch.empty(pairs, **i32)
         self._pair_values = torch.empty(pairs, **i32)
         self._pair_keys_sorted = torch.empty(pairs, **i32)
