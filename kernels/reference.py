@@ -44,7 +44,7 @@ FRUSTUM_GUARD = 0.3
 _PAIR_BATCH = 1 << 18
 """Target number of (pixel, Gaussian) evaluations per rasterization step: bounds memory."""
 _DEPTH_SLICE = 64
-_FIRST_SLICE = 16
+_FIRST_SLICE = 32
 
 
 @dataclass(frozen=True)
