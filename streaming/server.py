@@ -21,7 +21,6 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSend
 from aiortc.sdp import SessionDescription
 
 from ..engine.gaussians import GaussianCloud
-from ..engine.reconstruct import reconstruct_photo
 from ..kernels.cameras import Views, frame_bounds, intrinsics_from_fov, orbit_camera, single_view
 from .api import AvatarAPI
 from .auth import Authority, AuthError
@@ -151,6 +150,9 @@ class StreamingServer:
         if reconstruct is None:
 
             def reconstruct(photo: Path, report: Callable[[str], None]) -> GaussianCloud:
+                # Imported on first use: streaming needs none of the reconstruction's dependencies.
+                from ..engine.reconstruct import reconstruct_photo
+
                 return reconstruct_photo(photo, checkpoints=config.checkpoints, progress=report)
 
         self.jobs = ReconstructionQueue(self.store, reconstruct, self._add_avatar, config.max_pending_jobs)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import av
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 
 from ..kernels.cameras import intrinsics_from_fov, opencv_to_opengl, orbit_camera, projection_from_intrinsics
 
@@ -58,10 +58,15 @@ class ViewerReport:
 
 
 class Viewer:
-    def __init__(self) -> None:
+    def __init__(self, video_codecs: tuple[str, ...] | None = None) -> None:
+        """``video_codecs``: offer only these mime types (e.g. ("video/VP8",)); default: all."""
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.channel = self.pc.createDataChannel("pose", ordered=False, maxRetransmits=0)
-        self.pc.addTransceiver("video", direction="recvonly")
+        transceiver = self.pc.addTransceiver("video", direction="recvonly")
+        if video_codecs is not None:
+            wanted = {c.lower() for c in video_codecs}
+            capabilities = RTCRtpReceiver.getCapabilities("video").codecs
+            transceiver.setCodecPreferences([c for c in capabilities if c.mimeType.lower() in wanted])
         self.frame_messages: OrderedDict[int, dict] = OrderedDict()
         self.track = None
         self.session_id = None

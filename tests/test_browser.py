@@ -18,7 +18,7 @@ from splatcast.kernels.cameras import intrinsics_from_fov, intrinsics_from_proje
 from splatcast.streaming.server import SERVER_KEY, ServerConfig, create_app
 
 from .browser_support import chromium_page
-from .test_streaming import figure_cloud
+from .test_streaming import figure_cloud, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -63,14 +63,6 @@ async def wait_for_stats(page, predicate, timeout: float, what: str) -> dict:
             return latest
         await asyncio.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}; page stats: {json.dumps(latest)}")
-
-
-async def wait_until(predicate, timeout: float) -> bool:
-    for _ in range(int(timeout / 0.1)):
-        if predicate():
-            return True
-        await asyncio.sleep(0.1)
-    return predicate()
 
 
 async def screenshot(page, path) -> np.ndarray:
@@ -146,7 +138,7 @@ async def test_page_streams_the_avatar_and_follows_the_mouse(server, browser, tm
     assert "connected" in readout and "pose → shown" in readout
     assert browser.errors == []
     await page.close()  # the page closes its peer connection: the session ends well before the idle timeout
-    assert await wait_until(lambda: len(server.app[SERVER_KEY].sessions) == 0, 5.0), "the session outlived the page"
+    assert await wait_for(lambda: len(server.app[SERVER_KEY].sessions) == 0, 5.0), "the session outlived the page"
     print(f"browser: {final['codec']} {final['fps']} fps, pose->frame message {final['poseToMessageMs']:.1f} ms, "
           f"pose->presented {final['poseToPresentedMs']:.1f} ms, server {final['serverMs']}")
 

@@ -216,3 +216,19 @@ async def test_receiver_bitrate_estimate_retargets_the_encoder_within_bounds(ser
     assert await wait_for(lambda: track._encoder is not None and track._encoder._opened_bitrate == 4_000_000, 5.0)
     assert track.keyframes_sent > keyframes  # the reopened encoder started with a keyframe
     await viewer.close()
+
+
+async def test_vp8_is_the_fallback_when_a_peer_offers_no_h264(server):
+    srv = server.app[SERVER_KEY]
+    viewer = Viewer(video_codecs=("video/VP8",))
+    await viewer.connect(base_url(server))
+    session = next(iter(srv.sessions.sessions.values()))
+    assert session.track.codec_mime.lower() == "video/vp8"
+    avatar = srv.avatars["figure"]
+    message = pose_message(1, 45.0, WIDTH, HEIGHT, avatar.radius, avatar.centre)
+    for _ in range(6):
+        viewer.channel.send(message)
+    frame, _ = await viewer.frame_for(1)
+    offline = reference.to_uint8(reference.render(figure_cloud(), parse_pose(message, SizeLimits()).views(), ServerConfig().background))[0].numpy()
+    assert psnr(frame.to_ndarray(format="rgb24"), offline) >= 28.0
+    await viewer.close()
