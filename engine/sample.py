@@ -31,7 +31,7 @@ from .prior import fit_body
 from .segmentation import segment_person
 from .weightfree import reconstruct
 
-SAMPLE_NUM_GAUSSIANS = 40_000
+SAMPLE_NUM_GAUSSIANS = 20_000
 """Small enough for the CPU server to stream 640x480 at full rate."""
 RENDER_SIZE = (480, 640)
 """Width, height of the README renders."""
