@@ -62,7 +62,7 @@ def reconstruct(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from .streaming.server import ServerConfig, StreamingServer
+    from .streaming.server import AccessLogger, ServerConfig, StreamingServer
 
     if args.photo and args.avatar:
         raise SystemExit("give --avatar or --photo, not both")
@@ -90,7 +90,7 @@ def serve(args: argparse.Namespace) -> int:
         server = StreamingServer({avatar_id: cloud}, config)
     url = f"http://{'localhost' if args.host in ('127.0.0.1', '0.0.0.0') else args.host}:{args.port}/"
     print(f"splatcast: streaming {avatar_id} at {url}", flush=True)
-    web.run_app(server.app(), host=args.host, port=args.port, print=None)
+    web.run_app(server.app(), host=args.host, port=args.port, print=None, access_log_class=AccessLogger)
     return 0
 
 

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
@@ -94,6 +95,14 @@ class Avatar:
 
 def error_response(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """Access log without query strings: a viewer page's URL may carry its token (``?token=``),
+    and tokens never go into logs."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info('%s "%s %s" %s %.1f ms', request.remote, request.method, request.path, response.status, time * 1e3)
 
 
 @web.middleware

@@ -274,3 +274,30 @@ async def test_photo_without_a_person_fails_with_a_reason(tmp_path):
                 assert r.status == 409
     finally:
         await server.close()
+
+
+async def test_tokens_never_reach_the_access_log(tmp_path, caplog):
+    import logging
+
+    from aiohttp import web
+
+    from splatcast.streaming.server import AccessLogger
+
+    app = create_app({"sample": figure_cloud(300)}, ServerConfig(width=64, height=48, store_dir=str(tmp_path / "s"), api_key=API_KEY))
+    runner = web.AppRunner(app, access_log_class=AccessLogger)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    secret, _ = app[SERVER_KEY].authority.mint("sample")
+    try:
+        with caplog.at_level(logging.INFO, logger="aiohttp.access"):
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{port}/?avatar=sample&token={secret}") as r:
+                    assert r.status == 200
+                async with http.post(f"http://127.0.0.1:{port}/offer", json={"sdp": "x", "type": "offer", "token": secret}) as r:
+                    assert r.status in (400, 401, 403)
+        assert any("GET /" in record.getMessage() for record in caplog.records)
+        assert not any(secret in record.getMessage() or secret.split(".")[1] in record.getMessage() for record in caplog.records)
+    finally:
+        await runner.cleanup()
