@@ -43,6 +43,8 @@ def _load(path: str | None):
 def _reconstruct(photo: str, checkpoints: str | None, num_gaussians: int, seed: int = 0):
     from .engine.reconstruct import reconstruct_photo
 
+    if checkpoints is not None and not Path(checkpoints).is_dir():
+        raise FileNotFoundError(f"checkpoint folder {checkpoints} does not exist")
     with console.status(f"reconstructing {photo}") as status:
         cloud = reconstruct_photo(
             photo, checkpoints, num_gaussians, progress=lambda stage: status.update(f"reconstructing {photo}: {stage}"), seed=seed
@@ -56,6 +58,33 @@ def reconstruct(args: argparse.Namespace) -> int:
 
     save_asset(_reconstruct(args.photo, args.checkpoints, args.gaussians, args.seed), args.output)
     console.print(f"wrote {args.output}")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    import torch
+
+    from .engine.pipeline import ReconstructionPipeline
+    from .export.build import EngineConfig, build_engines, default_engine, pipeline_graphs
+
+    if not args.checkpoints:
+        raise SystemExit("splatcast export needs --checkpoints (or SPLATCAST_CHECKPOINTS): engines are built from real weights")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    from .engine.checkpoints import CheckpointError
+
+    try:
+        with console.status(f"loading the pipeline from {args.checkpoints}"):
+            pipeline = ReconstructionPipeline.from_checkpoints(args.checkpoints, device=device, dtype=dtype)
+    except CheckpointError as error:
+        console.print(f"[red]error:[/red] {error}")
+        return 2
+    config = EngineConfig(args.engine or default_engine(), fp8=args.fp8)
+    report = build_engines(config, args.cache, pipeline_graphs(pipeline))
+    table = Table("graph", "engine", "built", "seconds", "relative error vs eager")
+    for line in report:
+        table.add_row(line.graph, line.engine, "built" if line.built else "from cache", f"{line.seconds:.1f}", f"{line.relative_error:.2e}")
+    Console().print(table)
     return 0
 
 
@@ -161,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _reconstruction_options(p)
     p.set_defaults(run=reconstruct)
+
+    p = commands.add_parser("export", help="build and cache the reconstruction networks' optimized engines")
+    p.add_argument("--checkpoints", default=os.environ.get("SPLATCAST_CHECKPOINTS"), help="folder of the learned pipeline's weights")
+    p.add_argument("--engine", choices=("eager", "torch", "tensorrt"), default=None, help="default: torch with a GPU, else eager")
+    p.add_argument("--fp8", action="store_true", help="FP8 Linear layers (torch engine, Ada/Hopper)")
+    p.add_argument("--cache", default=str(Path.home() / ".cache" / "splatcast" / "engines"), help="engine cache folder")
+    p.set_defaults(run=export)
 
     p = commands.add_parser("render", help="render an avatar to a PNG (CPU reference renderer)")
     p.add_argument("avatar", nargs="?", help="a .ply or .splat asset (default: the bundled sample)")
