@@ -189,15 +189,20 @@ async def test_vanished_viewer_is_reaped_after_idle_timeout(server):
     await viewer.close()
 
 
-async def test_picture_loss_indication_gets_a_keyframe(server):
-    srv = server.app[SERVER_KEY]
+async def streaming_viewer(server, frames: int = 10):
+    """A connected viewer, its server-side session and the server's sender SSRC, once
+    ``frames`` frames have gone out."""
     viewer = Viewer()
     await viewer.connect(base_url(server))
-    session = next(iter(srv.sessions.sessions.values()))
+    session = next(iter(server.app[SERVER_KEY].sessions.sessions.values()))
+    assert await wait_for(lambda: session.track.frames_sent > frames, 10.0)
+    return viewer, session, session.pc.getSenders()[0]._ssrc
+
+
+async def test_picture_loss_indication_gets_a_keyframe(server):
+    viewer, session, sender_ssrc = await streaming_viewer(server)
     track = session.track
-    assert await wait_for(lambda: track.frames_sent > 10, 10.0)
     before = track.keyframes_sent
-    sender_ssrc = session.pc.getSenders()[0]._ssrc
     await viewer.pc.getReceivers()[0]._send_rtcp_pli(sender_ssrc)
     assert await wait_for(lambda: track.keyframes_sent > before, 5.0)
     await viewer.close()
@@ -206,12 +211,8 @@ async def test_picture_loss_indication_gets_a_keyframe(server):
 async def test_receiver_bitrate_estimate_retargets_the_encoder_within_bounds(server):
     from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
 
-    srv = server.app[SERVER_KEY]
-    viewer = Viewer()
-    await viewer.connect(base_url(server))
-    session = next(iter(srv.sessions.sessions.values()))
-    track, sender_ssrc = session.track, session.pc.getSenders()[0]._ssrc
-    assert await wait_for(lambda: track.frames_sent > 5, 10.0)
+    viewer, session, sender_ssrc = await streaming_viewer(server, frames=5)
+    track = session.track
     receiver = viewer.pc.getReceivers()[0]
     for estimate, expected in [(600_000, 600_000), (50_000, 200_000), (90_000_000, 4_000_000)]:
         keyframes = track.keyframes_sent
