@@ -18,7 +18,6 @@ import sys
 import time
 
 import pytest
-import torch
 from aiohttp.test_utils import TestServer
 
 from splatcast.config import sample_avatar_path
