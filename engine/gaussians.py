@@ -90,14 +90,6 @@ class GaussianCloud:
         """The Gaussians picked by a boolean mask or an index tensor."""
         return GaussianCloud(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
-    def with_sh_degree(self, degree: int) -> GaussianCloud:
-        """Truncate (or zero-pad) the SH bands to ``degree``."""
-        k = (degree + 1) ** 2
-        sh = self.sh[:, :k]
-        if sh.shape[1] < k:
-            sh = torch.cat([sh, sh.new_zeros(len(self), k - sh.shape[1], 3)], dim=1)
-        return GaussianCloud(self.means, self.quats, self.scales, self.opacities, sh)
-
     def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Axis-aligned bounds of the centres, (min xyz, max xyz); zeros when empty."""
         if len(self) == 0:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 from collections.abc import Awaitable, Callable
 
 from aiohttp import BodyPartReader, web
@@ -25,14 +24,11 @@ from ..engine.formats import AssetError
 from ..engine.gaussians import GaussianCloud
 from .auth import Authority, AuthError
 from .avatar_store import AvatarStore, UnknownAvatar
+from .http_errors import error_response
 from .jobs import QueueFull, ReconstructionQueue
 
 PLY_MAGIC = b"ply"
 SPLAT_TYPES = {"application/x-splat", "model/x-splat"}
-
-
-def json_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
 
 
 class AvatarAPI:
@@ -57,13 +53,13 @@ class AvatarAPI:
         try:
             self.authority.check_manager(request.headers.get("Authorization"))
         except AuthError as error:
-            raise web.HTTPUnauthorized(text=json.dumps({"error": str(error)}), content_type="application/json") from None
+            raise web.HTTPUnauthorized(text=str(error)) from None
 
     def _record(self, request: web.Request):
         try:
             return self.store.get(request.match_info["id"])
         except UnknownAvatar:
-            raise web.HTTPNotFound(text=json.dumps({"error": "no such avatar"}), content_type="application/json") from None
+            raise web.HTTPNotFound(text="no such avatar") from None
 
     async def _body(self, request: web.Request) -> tuple[str, str, bytes]:
         """(file name, content type, bytes) of a raw or single-part multipart upload."""
@@ -76,8 +72,8 @@ class AvatarAPI:
             except web.HTTPException:
                 raise  # 413 for a body over the limit
             except Exception as error:  # aiohttp's parser fails a malformed body in many ways (Value/Runtime/TypeError ...)
-                raise web.HTTPBadRequest(text=json.dumps({"error": f"malformed multipart body: {error}"}), content_type="application/json") from None
-            raise web.HTTPBadRequest(text=json.dumps({"error": "multipart upload has no file part"}), content_type="application/json")
+                raise web.HTTPBadRequest(text=f"malformed multipart body: {error}") from None
+            raise web.HTTPBadRequest(text="multipart upload has no file part")
         return request.query.get("filename", ""), request.content_type, await request.read()
 
     def _asset_suffix(self, name: str, content_type: str, data: bytes) -> str | None:
@@ -93,13 +89,12 @@ class AvatarAPI:
                 width, height, kind = image.width, image.height, (image.format or "img").lower()
         except (UnidentifiedImageError, OSError, ValueError):
             raise web.HTTPUnsupportedMediaType(
-                text=json.dumps({"error": "expected a photo (JPEG, PNG, WebP, ...) or a Gaussian asset (.ply, .splat)"}),
-                content_type="application/json",
+                text="expected a photo (JPEG, PNG, WebP, ...) or a Gaussian asset (.ply, .splat)",
             ) from None
         if width * height > self.max_image_pixels:
             raise web.HTTPRequestEntityTooLarge(
                 max_size=self.max_image_pixels, actual_size=width * height,
-                text=json.dumps({"error": f"photo of {width}x{height} exceeds {self.max_image_pixels:,} pixels"}), content_type="application/json",
+                text=f"photo of {width}x{height} exceeds {self.max_image_pixels:,} pixels",
             )
         return f".{kind}"
 
@@ -107,7 +102,7 @@ class AvatarAPI:
         self._manager(request)
         name, content_type, data = await self._body(request)
         if not data:
-            return json_error(400, "empty upload")
+            return error_response(400, "empty upload")
         suffix = self._asset_suffix(name, content_type, data)
         if suffix is not None:
             record = self.store.create(f"upload{suffix}", data, "running")
@@ -117,14 +112,14 @@ class AvatarAPI:
                 await loop.run_in_executor(None, self.store.finish, record, cloud)
             except AssetError as error:
                 self.store.delete(record.id)
-                return json_error(400, f"not a usable Gaussian asset: {str(error).split(': ', 1)[-1]}")
+                return error_response(400, f"not a usable Gaussian asset: {str(error).split(': ', 1)[-1]}")
             self.on_ready(record.id, cloud)
             return web.json_response(self.store.get(record.id).public(), status=201)
         suffix = self._photo_suffix(data)
         try:
             self.jobs.check_room()
         except QueueFull as error:
-            return json_error(429, str(error))
+            return error_response(429, str(error))
         record = self.store.create(f"photo{suffix}", data, "queued")
         self.jobs.submit(record)
         return web.json_response(record.public() | {"job": f"/avatars/{record.id}"}, status=202)
@@ -141,7 +136,7 @@ class AvatarAPI:
         self._manager(request)
         record = self._record(request)
         if record.status != "ready":
-            return json_error(409, f"avatar is {record.status}, not ready")
+            return error_response(409, f"avatar is {record.status}, not ready")
         return web.FileResponse(self.store.asset_path(record.id), headers={"Content-Type": "application/octet-stream",
                                 "Content-Disposition": f'attachment; filename="{record.id}.ply"'})
 
@@ -156,6 +151,6 @@ class AvatarAPI:
         self._manager(request)
         record = self._record(request)
         if record.status != "ready":
-            return json_error(409, f"avatar is {record.status}, not ready")
+            return error_response(409, f"avatar is {record.status}, not ready")
         token, expires = self.authority.mint(record.id)
         return web.json_response({"token": token, "expires": expires, "avatar": record.id})

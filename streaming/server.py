@@ -8,7 +8,6 @@ encoding run on worker threads so the event loop stays free for RTP, RTCP and po
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import tempfile
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from .api import AvatarAPI
 from .auth import Authority, AuthError
 from .avatar_store import AvatarStore
 from .feedback import forward_feedback
+from .http_errors import error_response, json_errors
 from .frames import FrameRenderer
 from .jobs import Reconstruct, ReconstructionQueue
 from .metrics import StreamMetrics
@@ -93,27 +93,12 @@ class Avatar:
         return single_view(camera_to_world, intrinsics_from_fov(DEFAULT_FOV_DEG, width, height), width, height)
 
 
-def error_response(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
 class AccessLogger(AbstractAccessLogger):
     """Access log without query strings: a viewer page's URL may carry its token (``?token=``),
     and tokens never go into logs."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info('%s "%s %s" %s %.1f ms', request.remote, request.method, request.path, response.status, time * 1e3)
-
-
-@web.middleware
-async def json_errors(request: web.Request, handler) -> web.StreamResponse:
-    """Every error leaves as ``{"error": message}``, aiohttp's own (404, 405, 413 ...) included."""
-    try:
-        return await handler(request)
-    except web.HTTPException as error:
-        if error.status < 400 or error.content_type == "application/json":
-            raise
-        return error_response(error.status, error.text or error.reason)
 
 
 def negotiated_video_codec(sdp: str) -> str | None:
@@ -214,7 +199,7 @@ class StreamingServer:
     def _avatar(self, avatar_id: str | None) -> Avatar:
         avatar = self.avatars.get(avatar_id or self.default_avatar)
         if avatar is None:
-            raise web.HTTPNotFound(text=json.dumps({"error": f"unknown avatar {avatar_id!r}"}), content_type="application/json")
+            raise web.HTTPNotFound(text=f"unknown avatar {avatar_id!r}")
         return avatar
 
     async def healthz(self, _request: web.Request) -> web.Response:
