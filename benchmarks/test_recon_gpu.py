@@ -5,7 +5,13 @@ Random weights cost what trained ones do. Figures:
   classifier-free-guidance branches in one batch of 2, as every sampling step runs it;
 - synthesis: a whole SV3D_p sampling of one photo, 25 Euler steps, CLIP and VAE encoding included;
 - transformer forward: the latent reconstruction transformer on 4 views of 72^2 latents with
-  2,048 prior tokens, giving 65,536 Gaussians.
+  2,048 prior tokens, giving 65,536 Gaussians;
+- prior fit: Anny fitted to the segmented photo (``fit_body``, 100 steps; it runs on the CPU);
+- weight-free path: photo file -> Gaussians with no checkpoints (``reconstruct_photo``), the
+  default that ships;
+- end to end: photo -> segmentation -> prior -> 25-step synthesis -> transformer -> Gaussians
+  through ``ReconstructionPipeline`` with the released sizes, each stage's seconds recorded.
+The photo is scikit-image's public-domain ``astronaut`` portrait, as for the sample avatar.
 Each is timed around synchronised calls (pytest-benchmark's figures); peak GPU memory, whether
 the outputs were finite (random FP16 weights need not keep them so) and the commit
 (``SPLATCAST_COMMIT``) go into ``extra_info``.
@@ -19,7 +25,15 @@ import os
 
 import pytest
 import torch
+from PIL import Image
+from skimage.data import astronaut
+from splatcast.engine.images import load_image
 from splatcast.engine.lrt import LatentReconstructionTransformer, LRTConfig
+from splatcast.engine.pipeline import ReconstructionPipeline
+from splatcast.engine.prior import fit_body
+from splatcast.engine.prior.anny_body import AnnyBody
+from splatcast.engine.reconstruct import reconstruct_photo
+from splatcast.engine.segmentation import segment_person
 from splatcast.engine.synth import SV3DSynthesizer, SynthConfig
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -75,12 +89,22 @@ def test_synthesis_25_steps(benchmark, synthesizer, photo):
     record(benchmark, finite=bool(torch.isfinite(result.latents).all()), stage="synthesis", views=21, resolution=576, steps=25)
 
 
-def test_transformer_forward(benchmark):
+@pytest.fixture(scope="module")
+def lrt():
     torch.manual_seed(0)
-    config = LRTConfig()
     with torch.device("cuda"):
-        model = LatentReconstructionTransformer(config)
-    model = model.to("cuda", DTYPE).eval()
+        model = LatentReconstructionTransformer(LRTConfig())
+    return model.to("cuda", DTYPE).eval()
+
+
+@pytest.fixture(scope="module")
+def body():
+    """Anny, built before timing: its first construction on a machine builds a data cache."""
+    return AnnyBody()
+
+
+def test_transformer_forward(benchmark, lrt):
+    model, config = lrt, lrt.config
     g = torch.Generator(device="cuda").manual_seed(0)
     size = config.latent_size
     latents = torch.randn(1, 4, 4, size, size, device="cuda", dtype=DTYPE, generator=g)
@@ -99,4 +123,42 @@ def test_transformer_forward(benchmark):
         prior_tokens=2048,
         lrt_parameters=sum(p.numel() for p in model.parameters()),
         lrt_config=config.to_dict(),
+    )
+
+
+def test_prior_fit(benchmark, body):
+    segmentation = segment_person(load_image(astronaut()))
+    fit = benchmark.pedantic(lambda: fit_body(segmentation, body), rounds=5, warmup_rounds=1)
+    assert torch.isfinite(fit.vertices).all()
+    record(benchmark, stage="prior fit", body_model="anny", steps=100, vertices=len(fit.vertices), device="cpu")
+
+
+def test_weight_free_path(benchmark, body, tmp_path):
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(astronaut()).save(photo)
+    cloud = benchmark.pedantic(lambda: reconstruct_photo(photo, body_model=body), rounds=3, warmup_rounds=1)
+    assert len(cloud) > 10_000
+    record(benchmark, stage="weight-free path", gaussians=len(cloud))
+
+
+def test_end_to_end(benchmark, synthesizer, lrt, body):
+    pipeline = ReconstructionPipeline(synthesizer, lrt, body_model=body)
+    photo = astronaut()
+    torch.cuda.reset_peak_memory_stats()
+    stage_seconds = []
+
+    def run():
+        (cloud,) = pipeline(photo, seed=0, progress=False)
+        stage_seconds.append(dict(pipeline.timings))
+        return cloud
+
+    cloud = benchmark.pedantic(run, rounds=2, warmup_rounds=1)
+    assert len(cloud) == lrt.config.num_gaussians
+    record(
+        benchmark,
+        stage="end to end",
+        steps=synthesizer.config.steps,
+        gaussians=len(cloud),
+        finite=bool(torch.isfinite(cloud.means).all()),
+        stage_seconds={k: round(v, 3) for k, v in stage_seconds[-1].items()},
     )
