@@ -13,26 +13,38 @@ weight-free path places its avatars).
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .checkpoints import load_lrt, load_synthesizer
+from .checkpoints import CheckpointError, load_lrt, load_synthesizer
 from .framing import Framing, frame_person
 from .gaussians import GaussianCloud
 from .images import load_image
-from .lrt import LatentReconstructionTransformer, plucker_rays, to_cloud
+from .lrt import LatentReconstructionTransformer, LRTConfig, plucker_rays, to_cloud
 from .prior import BodyFit, BodyModel, fit_body
 from .segmentation import segment_person
 from .synth import SV3DSynthesizer, SynthConfig
 
+if TYPE_CHECKING:
+    from ..export import EngineConfig
+
 PhotoSource = str | os.PathLike | bytes | np.ndarray
+
+ARCHITECTURE_FILE = "architecture.json"
+"""Optional in a checkpoint folder whose networks are not the released sizes (a distilled model,
+the tests' tiny ones): ``{"synthesizer": {"unet": ..., "vae": ..., "image_encoder": ...}`` (the
+constructor arguments ``SV3DSynthesizer.from_config`` takes), ``"synth"``: ``SynthConfig``,
+``"lrt"``: ``LRTConfig``, ``"pipeline"``: ``PipelineConfig`` fields}``; every key optional."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,8 @@ class ReconstructionPipeline:
         self.lrt = lrt.eval()
         self.config = config or PipelineConfig()
         self.body_model = body_model
+        self.reconstructor: Callable[..., torch.Tensor] | None = None
+        """Runs the transformer's calls when set (an engine, see ``use_engines``); None calls ``lrt``."""
         self.timings: dict[str, float] = {}
         views = 1 + len(self.config.view_azimuths_deg)
         if views != lrt.config.num_views:
@@ -78,10 +92,35 @@ class ReconstructionPipeline:
         synth_config: SynthConfig | None = None,
         config: PipelineConfig | None = None,
         body_model: BodyModel | None = None,
+        engine: EngineConfig | None = None,
+        engine_cache: str | os.PathLike | None = None,
     ) -> ReconstructionPipeline:
-        """The released architectures with weights from ``folder`` (see ``checkpoints``)."""
-        synthesizer = load_synthesizer(folder, synth_config, device, dtype)
-        return cls(synthesizer, load_lrt(folder, device=device, dtype=dtype), config, body_model)
+        """The released architectures (or those of the folder's ``ARCHITECTURE_FILE``) with weights
+        from ``folder`` (see ``checkpoints``). With ``engine``, the networks run through it
+        (``use_engines``); an engine that cannot run here is refused before any weight is read."""
+        if engine is not None:
+            from ..export.build import check_engine
+
+            check_engine(engine, device)
+        sizes = _architecture(folder)
+        synthesizer = load_synthesizer(folder, synth_config or sizes.get("synth"), device, dtype, sizes.get("synthesizer"))
+        lrt = load_lrt(folder, sizes.get("lrt"), device=device, dtype=dtype)
+        pipeline = cls(synthesizer, lrt, config or sizes.get("pipeline"), body_model)
+        if engine is not None:
+            pipeline.use_engines(engine, engine_cache)
+        return pipeline
+
+    def use_engines(self, config: EngineConfig, cache_dir: str | os.PathLike | None = None) -> None:
+        """Run the synthesizer's denoising steps and the transformer through ``config``'s engines
+        (``export``), loaded from ``cache_dir`` or built into it on first use, one per input
+        shapes (``export.EnginePerShape`` says why). The ``eager`` engine runs the networks as
+        they are: the same results as without engines. Raises ``EngineError`` at once when the
+        engine cannot run on the pipeline's device (a missing package, no GPU)."""
+        from ..export.build import EnginePerShape, check_engine, pipeline_lrt_graph, pipeline_step_graph
+
+        check_engine(config, self.synthesizer.device)
+        self.synthesizer.denoiser = EnginePerShape(lambda sample, *_: pipeline_step_graph(self, len(sample) // 2), config, cache_dir)
+        self.reconstructor = EnginePerShape(lambda latents, _rays, xyz, _uv: pipeline_lrt_graph(self, len(latents), xyz.shape[1]), config, cache_dir)
 
     def __call__(self, photos: PhotoSource | Sequence[PhotoSource], seed: int = 0, progress: bool = True) -> list[GaussianCloud]:
         """One Gaussian avatar per photo (a path, file bytes or an image array, as ``load_image``)."""
@@ -128,7 +167,7 @@ class ReconstructionPipeline:
         prior = [self._prior(f, fit) for f, fit in zip(framings, fits)]
         xyz = torch.stack([p[0] for p in prior]).to(device, dtype)
         uv = torch.stack([p[1] for p in prior]).to(device, dtype)
-        params = self.lrt(view_latents.to(dtype), rays.to(device, dtype), xyz, uv)
+        params = (self.reconstructor or self.lrt)(view_latents.to(dtype), rays.to(device, dtype), xyz, uv).to(dtype)
         return [_to_world(to_cloud(p.cpu()), f) for p, f in zip(params, framings)]
 
     def _prior(self, framing: Framing, fit: BodyFit) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,6 +188,27 @@ class ReconstructionPipeline:
         if self.synthesizer.device.type == "cuda":
             torch.cuda.synchronize(self.synthesizer.device)
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def _architecture(folder: str | os.PathLike) -> dict:
+    """The configs in ``folder``'s ``ARCHITECTURE_FILE`` (keys as there), {} without one."""
+    path = Path(folder) / ARCHITECTURE_FILE
+    if not path.is_file():
+        return {}
+    configs = {"synth": SynthConfig, "lrt": LRTConfig, "pipeline": PipelineConfig}
+    try:
+        sizes = json.loads(path.read_text(), object_pairs_hook=lambda pairs: {k: _tuples(v) for k, v in pairs})
+        unknown = set(sizes) - {"synthesizer", *configs}
+        if unknown:
+            raise ValueError(f"unknown keys {', '.join(sorted(unknown))}")
+        return {key: configs[key](**value) if key in configs else value for key, value in sizes.items()}
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise CheckpointError(f"{path} does not describe the networks ({error}); see ARCHITECTURE_FILE in engine/pipeline.py") from None
+
+
+def _tuples(value):
+    """JSON arrays as tuples, as the configs' sizes are written."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _nearest_frame(azimuths: torch.Tensor, degrees: float) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,8 +16,27 @@ from .segmentation import segment_person
 from .weightfree import DEFAULT_NUM_GAUSSIANS
 from .weightfree import reconstruct as weight_free_reconstruct
 
+if TYPE_CHECKING:
+    from ..export import EngineConfig
+
 Photo = str | os.PathLike | bytes
 StageReport = Callable[[str], None]
+
+
+def reconstruction_device() -> str:
+    """Where the learned pipeline runs: the CUDA GPU if there is one (in FP16), else the CPU (FP32)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def engine_config(engine: EngineConfig | str | None = None) -> EngineConfig:
+    """``engine`` as an ``EngineConfig``: a name (``eager``, ``torch``, ``tensorrt``) with default
+    options, or the default engine (torch on a CUDA GPU, eager on the CPU). A bad name raises
+    ``EngineError``."""
+    from ..export import EngineConfig
+
+    if isinstance(engine, EngineConfig):
+        return engine
+    return EngineConfig() if engine is None else EngineConfig(engine)
 
 
 def reconstruct_photo(
@@ -26,21 +46,35 @@ def reconstruct_photo(
     body_model: BodyModel | None = None,
     progress: StageReport | None = None,
     seed: int = 0,
+    engine: EngineConfig | str | None = None,
+    engine_cache: str | os.PathLike | None = None,
 ) -> GaussianCloud:
     """An avatar from one photo (path or file bytes).
 
     ``checkpoints``: a folder of the learned pipeline's weights (see ``engine.checkpoints``);
-    None runs the weight-free path, sized to ``num_gaussians``. ``progress`` hears each stage's
-    name as it starts. Bad photos raise ``images.ImageError`` (a ``ValueError``).
+    None runs the weight-free path, sized to ``num_gaussians``. The learned pipeline's networks
+    run through ``engine`` (see ``engine_config``), loaded from ``engine_cache`` (default: the
+    folder ``splatcast export`` fills, ``config.default_engine_cache``) or built into it on first
+    use; the weight-free path has no networks and ignores both. ``progress`` hears each stage's
+    name as it starts. Bad photos raise ``images.ImageError`` (a ``ValueError``); an engine that
+    cannot run here raises ``export.EngineError`` before the weights are read.
     """
     report = progress or (lambda _stage: None)
     if checkpoints is not None:
+        from ..config import default_engine_cache
         from .pipeline import ReconstructionPipeline
 
         report("loading checkpoints")
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = reconstruction_device()
         dtype = torch.float16 if device == "cuda" else torch.float32
-        pipeline = ReconstructionPipeline.from_checkpoints(checkpoints, device=device, dtype=dtype, body_model=body_model)
+        pipeline = ReconstructionPipeline.from_checkpoints(
+            checkpoints,
+            device=device,
+            dtype=dtype,
+            body_model=body_model,
+            engine=engine_config(engine),
+            engine_cache=engine_cache or default_engine_cache(),
+        )
         report("learned reconstruction")
         return pipeline(photo, seed=seed, progress=False)[0]
     report("loading photo")

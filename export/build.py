@@ -9,7 +9,7 @@ progress bar, checks each against the eager module on fresh random inputs and re
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,15 +64,63 @@ def load_engine(graph: Graph, config: EngineConfig, cache_dir: str | Path | None
     return build_tensorrt_engine(graph, cache, max_batch=config.max_batch)
 
 
-def pipeline_graphs(pipeline, photos: int = 1) -> list[Graph]:
-    """The denoising step and transformer graphs of a ``ReconstructionPipeline`` at its sizes, for
-    ``photos`` photos per call (2 clips each in the step: guidance's halves). The prior holds
-    ``max_prior_tokens`` vertices, as it does for body models with at least that many (Anny, SMPL)."""
+def check_engine(config: EngineConfig, device: torch.device | str) -> None:
+    """Raise the error ``load_engine`` would (a missing package, no GPU, no FP8 tensor cores)
+    without building anything, so a caller can refuse before minutes of other work."""
+    if config.name == "torch":
+        from .torch_engine import check_torch_engine
+
+        check_torch_engine(device, fp8=config.fp8, cuda_graph=config.cuda_graph)
+    elif config.name == "tensorrt":
+        from .tensorrt import check_tensorrt
+
+        check_tensorrt(device)
+
+
+def pipeline_step_graph(pipeline, photos: int = 1) -> Graph:
+    """The denoising step of a ``ReconstructionPipeline``'s synthesizer at its sizes, for
+    ``photos`` photos per call (2 clips each: guidance's halves)."""
     synth = pipeline.synthesizer.config
-    return [
-        synth_step_graph(pipeline.synthesizer.unet, batch=2 * photos, frames=synth.num_views, height=synth.resolution, width=synth.resolution),
-        lrt_graph(pipeline.lrt, prior_points=pipeline.config.max_prior_tokens, batch=photos),
-    ]
+    return synth_step_graph(pipeline.synthesizer.unet, batch=2 * photos, frames=synth.num_views, height=synth.resolution, width=synth.resolution)
+
+
+def pipeline_lrt_graph(pipeline, photos: int = 1, prior_points: int | None = None) -> Graph:
+    """The transformer of a ``ReconstructionPipeline`` for ``photos`` photos per call. The prior
+    holds ``prior_points`` vertices, by default ``max_prior_tokens``, as it does for body models
+    with at least that many (Anny, SMPL)."""
+    return lrt_graph(pipeline.lrt, prior_points=prior_points or pipeline.config.max_prior_tokens, batch=photos)
+
+
+def pipeline_graphs(pipeline, photos: int = 1) -> list[Graph]:
+    """The denoising step and transformer graphs of a ``ReconstructionPipeline``: what
+    ``splatcast export`` builds."""
+    return [pipeline_step_graph(pipeline, photos), pipeline_lrt_graph(pipeline, photos)]
+
+
+class EnginePerShape:
+    """One network run through ``config``'s engines: one per set of input shapes, loaded from
+    ``cache_dir`` (or built into it) the first time those shapes come.
+
+    Why one per shape instead of falling back to eager for shapes an engine was not built for:
+    the static engines (torch: AOTInductor + CUDA graph) fit only their build's shapes, and a
+    different photo count or prior size is a legitimate call that should get the engine's speed
+    too. The cache keys on shapes, so each size compiles once per machine, and later starts load
+    it. The cost is one engine's memory per size in use; the pipeline's callers (the CLI, the
+    server) always reconstruct one photo at a time, so in practice that is one engine.
+    ``graph_for(*inputs)`` gives the graph of the network at the inputs' shapes.
+    """
+
+    def __init__(self, graph_for: Callable[..., Graph], config: EngineConfig, cache_dir: str | Path | None = None):
+        self.graph_for = graph_for
+        self.config = config
+        self.cache_dir = cache_dir
+        self.engines: dict[tuple[tuple[int, ...], ...], Engine] = {}
+
+    def __call__(self, *inputs: torch.Tensor):
+        shapes = tuple(tuple(x.shape) for x in inputs)
+        if shapes not in self.engines:
+            self.engines[shapes] = load_engine(self.graph_for(*inputs), self.config, self.cache_dir)
+        return self.engines[shapes](*inputs)
 
 
 def relative_error(output: torch.Tensor, reference: torch.Tensor) -> float:

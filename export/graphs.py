@@ -179,14 +179,18 @@ class Engine:
 
     Inputs are checked with ``Graph.conform`` (exact shapes when ``static``) and cast to the
     engine's dtypes, so callers may pass float32; outputs come in the engine's precision.
-    ``info`` records how it was built (engine, precision, cache hit, seconds).
+    ``info`` records how it was built (engine, precision, cache hit, seconds); ``calls`` counts
+    the calls it has run, so a caller can see which path did the work.
     """
 
     graph: Graph
     run: Callable
     info: dict = field(default_factory=dict)
     static: bool = True
+    calls: int = 0
 
     @torch.inference_mode()
     def __call__(self, *inputs: torch.Tensor):
-        return self.run(*self.graph.conform(inputs, self.static))
+        outputs = self.run(*self.graph.conform(inputs, self.static))
+        self.calls += 1
+        return outputs

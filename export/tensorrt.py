@@ -33,7 +33,7 @@ Shape = tuple[int, ...]
 
 
 def _tensorrt():
-    return require("tensorrt", "tensorrt", "tensorrt", "TensorRT engines")
+    return require("tensorrt", "tensorrt", "tensorrt", "The TensorRT engine")
 
 
 def batch_profile(graph: Graph, min_batch: int = 1, opt_batch: int | None = None, max_batch: int = DEFAULT_MAX_BATCH) -> dict[str, tuple[Shape, Shape, Shape]]:
@@ -189,12 +189,18 @@ def load_torch_tensorrt(path: str | Path):
     return torch_tensorrt.load(str(path)).module()
 
 
+def check_tensorrt(device: torch.device | str) -> None:
+    """Raise MissingDependencyError without the ``tensorrt`` package, EngineUnavailableError
+    unless ``device`` is a CUDA GPU."""
+    _tensorrt()
+    if torch.device(device).type != "cuda":
+        raise EngineUnavailableError("TensorRT engines need a CUDA GPU; move the model to one or use the 'eager' engine")
+
+
 def build_tensorrt_engine(graph: Graph, cache: EngineCache, *, max_batch: int = DEFAULT_MAX_BATCH, weights: str | None = None) -> Engine:
     """The TensorRT FP16 engine for ``graph`` (dynamic batch up to ``max_batch``), from ``cache``
     or built there: FP16 ONNX export, strongly typed build, one timing cache per GPU."""
-    _tensorrt()
-    if graph.device.type != "cuda":
-        raise EngineUnavailableError("TensorRT engines need a CUDA GPU; move the model to one or use the 'eager' engine")
+    check_tensorrt(graph.device)
     start = time.perf_counter()
     typed = graph.to(dtype=torch.float16)
     key = EngineKey.for_graph(typed, "tensorrt", weights or state_dict_digest(graph.module), max_batch=max_batch)

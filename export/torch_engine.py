@@ -63,6 +63,15 @@ class CUDAGraphCall:
         return tuple(out.clone() for out in self.outputs)
 
 
+def check_torch_engine(device: torch.device | str, *, fp8: bool = False, cuda_graph: bool = True) -> None:
+    """Raise EngineUnavailableError if the torch engine with these options cannot run on ``device``:
+    CUDA graphs and FP8 need a CUDA GPU (FP8 one with FP8 tensor cores)."""
+    if torch.device(device).type != "cuda" and (cuda_graph or fp8):
+        raise EngineUnavailableError("the torch engine's CUDA graphs and FP8 need a CUDA GPU; use the 'eager' engine on the CPU")
+    if fp8:
+        check_fp8_support(device)
+
+
 def build_torch_engine(
     graph: Graph,
     cache: EngineCache | None = None,
@@ -82,10 +91,7 @@ def build_torch_engine(
     by default the module's state dict is hashed. CUDA graphs and FP8 need a CUDA device.
     """
     device = graph.device
-    if device.type != "cuda" and (cuda_graph or fp8):
-        raise EngineUnavailableError("the torch engine's CUDA graphs and FP8 need a CUDA GPU; use the 'eager' engine on the CPU")
-    if fp8:
-        check_fp8_support(device)
+    check_torch_engine(device, fp8=fp8, cuda_graph=cuda_graph)
     aot = cache is not None
     info: dict = {"engine": "torch", "dtype": str(dtype).removeprefix("torch."), "fp8": fp8, "aot": aot, "cuda_graph": cuda_graph}
     start = time.perf_counter()

@@ -6,13 +6,16 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
-from .config import sample_avatar_path
+from .config import default_engine_cache, sample_avatar_path
 
 console = Console(stderr=True)
 
@@ -40,14 +43,40 @@ def _load(path: str | None):
     return load_asset(path or sample_avatar_path())
 
 
-def _reconstruct(photo: str, checkpoints: str | None, num_gaussians: int, seed: int = 0):
+def _report(error: Exception, status: int = 2) -> int:
+    """A user's error as one line on stderr (its text not read as markup: pip extras are in
+    brackets); returns the exit status."""
+    console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
+    return status
+
+
+@contextmanager
+def _checkpoint_errors() -> Iterator[None]:
+    """Checkpoint files that are missing or do not fit, as a one-line error. Only commands that
+    load checkpoints enter it: the checkpoint module imports the networks' libraries."""
+    from .engine.checkpoints import CheckpointError
+
+    try:
+        yield
+    except CheckpointError as error:
+        raise SystemExit(_report(error)) from None
+
+
+def _reconstruct(args: argparse.Namespace, photo: str, seed: int = 0):
     from .engine.reconstruct import reconstruct_photo
 
+    checkpoints = args.checkpoints
     if checkpoints is not None and not Path(checkpoints).is_dir():
         raise FileNotFoundError(f"checkpoint folder {checkpoints} does not exist")
-    with console.status(f"reconstructing {photo}") as status:
+    with console.status(f"reconstructing {photo}") as status, _checkpoint_errors() if checkpoints else nullcontext():
         cloud = reconstruct_photo(
-            photo, checkpoints, num_gaussians, progress=lambda stage: status.update(f"reconstructing {photo}: {stage}"), seed=seed
+            photo,
+            checkpoints,
+            args.gaussians,
+            progress=lambda stage: status.update(f"reconstructing {photo}: {stage}"),
+            seed=seed,
+            engine=args.engine,
+            engine_cache=args.engine_cache,
         )
     console.print(f"reconstructed {len(cloud):,} Gaussians from {photo}")
     return cloud
@@ -56,7 +85,7 @@ def _reconstruct(photo: str, checkpoints: str | None, num_gaussians: int, seed: 
 def reconstruct(args: argparse.Namespace) -> int:
     from .engine.formats import save_asset
 
-    save_asset(_reconstruct(args.photo, args.checkpoints, args.gaussians, args.seed), args.output)
+    save_asset(_reconstruct(args, args.photo, args.seed), args.output)
     console.print(f"wrote {args.output}")
     return 0
 
@@ -65,22 +94,18 @@ def export(args: argparse.Namespace) -> int:
     import torch
 
     from .engine.pipeline import ReconstructionPipeline
-    from .export.build import EngineConfig, build_engines, default_engine, pipeline_graphs
+    from .engine.reconstruct import reconstruction_device
+    from .export.build import EngineConfig, build_engines, check_engine, default_engine, pipeline_graphs
 
     if not args.checkpoints:
         raise SystemExit("splatcast export needs --checkpoints (or SPLATCAST_CHECKPOINTS): engines are built from real weights")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = reconstruction_device()
     dtype = torch.float16 if device == "cuda" else torch.float32
-    from .engine.checkpoints import CheckpointError
-
-    try:
-        with console.status(f"loading the pipeline from {args.checkpoints}"):
-            pipeline = ReconstructionPipeline.from_checkpoints(args.checkpoints, device=device, dtype=dtype)
-    except CheckpointError as error:
-        console.print(f"[red]error:[/red] {error}")
-        return 2
     config = EngineConfig(args.engine or default_engine(), fp8=args.fp8)
-    report = build_engines(config, args.cache, pipeline_graphs(pipeline))
+    check_engine(config, device)
+    with _checkpoint_errors(), console.status(f"loading the pipeline from {args.checkpoints}"):
+        pipeline = ReconstructionPipeline.from_checkpoints(args.checkpoints, device=device, dtype=dtype)
+    report = build_engines(config, args.engine_cache, pipeline_graphs(pipeline))
     table = Table("graph", "engine", "built", "seconds", "relative error vs eager")
     for line in report:
         table.add_row(line.graph, line.engine, "built" if line.built else "from cache", f"{line.seconds:.1f}", f"{line.relative_error:.2e}")
@@ -95,8 +120,13 @@ def serve(args: argparse.Namespace) -> int:
 
     if args.photo and args.avatar:
         raise SystemExit("give --avatar or --photo, not both")
+    if args.checkpoints:  # refuse an engine that cannot run here now, not on the first upload
+        from .engine.reconstruct import engine_config, reconstruction_device
+        from .export.build import check_engine
+
+        check_engine(engine_config(args.engine), reconstruction_device())
     if args.photo:
-        cloud, avatar_id = _reconstruct(args.photo, args.checkpoints, args.gaussians), Path(args.photo).stem
+        cloud, avatar_id = _reconstruct(args, args.photo), Path(args.photo).stem
     else:
         cloud = _load(args.avatar)
         avatar_id = Path(args.avatar).stem if args.avatar else "sample"
@@ -113,6 +143,8 @@ def serve(args: argparse.Namespace) -> int:
         ice_servers=args.ice_server,
         store_dir=args.store,
         checkpoints=args.checkpoints,
+        engine=args.engine,
+        engine_cache=args.engine_cache,
         api_key=args.api_key or os.environ.get("SPLATCAST_API_KEY"),
     )
     with console.status(f"preparing {avatar_id} ({len(cloud):,} Gaussians) for streaming"):
@@ -156,10 +188,20 @@ def info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _engine_options(parser: argparse.ArgumentParser, *cache_aliases: str) -> None:
+    """The learned pipeline's engine and its cache folder, as ``export``, ``reconstruct`` and
+    ``serve`` take them. The name is checked by ``EngineConfig`` (a one-line error): listing the
+    names here as choices would import torch for every command."""
+    parser.add_argument("--engine", help="eager, torch or tensorrt (default: torch with a CUDA GPU, else eager)")
+    parser.add_argument("--engine-cache", *cache_aliases, dest="engine_cache", default=str(default_engine_cache()),
+                        help="folder of built engines (default: %(default)s)")
+
+
 def _reconstruction_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoints", default=os.environ.get("SPLATCAST_CHECKPOINTS"),
                         help="folder of the learned pipeline's weights (default: the weight-free path)")
     parser.add_argument("--gaussians", type=_positive_int, default=50_000, help="size of a weight-free avatar")
+    _engine_options(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,9 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("export", help="build and cache the reconstruction networks' optimized engines")
     p.add_argument("--checkpoints", default=os.environ.get("SPLATCAST_CHECKPOINTS"), help="folder of the learned pipeline's weights")
-    p.add_argument("--engine", choices=("eager", "torch", "tensorrt"), default=None, help="default: torch with a GPU, else eager")
+    _engine_options(p, "--cache")
     p.add_argument("--fp8", action="store_true", help="FP8 Linear layers (torch engine, Ada/Hopper)")
-    p.add_argument("--cache", default=str(Path.home() / ".cache" / "splatcast" / "engines"), help="engine cache folder")
     p.set_defaults(run=export)
 
     p = commands.add_parser("render", help="render an avatar to a PNG (CPU reference renderer)")
@@ -228,15 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     from .engine.gaussians import AssetError
     from .engine.images import ImageError
     from .engine.prior import BodyModelError
+    from .export.errors import EngineError
 
     try:
         return args.run(args)
-    except (AssetError, ImageError, BodyModelError, FileNotFoundError, IsADirectoryError, PermissionError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        return 2
+    except (AssetError, ImageError, BodyModelError, EngineError, FileNotFoundError, IsADirectoryError, PermissionError) as error:
+        return _report(error)
     except OSError as error:  # e.g. the port is taken
-        console.print(f"[red]error:[/red] {error}")
-        return 1
+        return _report(error, 1)
 
 
 if __name__ == "__main__":

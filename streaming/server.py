@@ -62,6 +62,10 @@ class ServerConfig:
     """STUN/TURN URLs. Empty by default: aiortc would otherwise ask a public STUN server."""
     checkpoints: str | None = None
     """Weights of the learned reconstruction; None: photos go through the weight-free path."""
+    engine: str | None = None
+    """The learned reconstruction's engine (eager, torch, tensorrt); None: torch on a CUDA GPU, else eager."""
+    engine_cache: str | None = None
+    """Folder of built engines; None: the one ``splatcast export`` fills (~/.cache/splatcast/engines)."""
     store_dir: str | None = None
     """Where uploaded and reconstructed avatars live; None: a temporary folder for this run."""
     api_key: str | None = None
@@ -147,7 +151,9 @@ class StreamingServer:
                 # Imported on first use: streaming needs none of the reconstruction's dependencies.
                 from ..engine.reconstruct import reconstruct_photo
 
-                return reconstruct_photo(photo, checkpoints=config.checkpoints, progress=report)
+                return reconstruct_photo(
+                    photo, checkpoints=config.checkpoints, progress=report, engine=config.engine, engine_cache=config.engine_cache
+                )
 
         self.jobs = ReconstructionQueue(self.store, reconstruct, self._add_avatar, config.max_pending_jobs)
         self.api = AvatarAPI(self.store, self.jobs, self.authority, config.max_image_pixels, self._add_avatar, self._forget_avatar)

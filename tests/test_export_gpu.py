@@ -93,3 +93,30 @@ def test_aot_engine_builds_then_loads_from_cache(name, tmp_path):
     second = build_torch_engine(graph, cache)
     assert first.info["built"] and not second.info["built"]
     check_against_eager(graph, second, FP16_TOLERANCE)
+
+
+@pytest.mark.slow
+def test_pipeline_through_the_torch_engine_builds_once_then_loads(tmp_path):
+    """The tiny pipeline through AOTInductor + CUDA-graph engines in a cache folder, twice: the
+    second set comes from the cache, and both give the eager FP32 pipeline's Gaussians within
+    FP16's tolerance (relative L2 error of every Gaussian parameter)."""
+    import cv2
+    from skimage.data import astronaut
+    from splatcast.export import EngineConfig
+
+    from .test_pipeline_engines import tiny_pipeline
+
+    photo = cv2.resize(astronaut(), (128, 128), interpolation=cv2.INTER_AREA)
+    pipeline = tiny_pipeline()
+    pipeline.synthesizer.to("cuda")
+    pipeline.lrt.to("cuda")
+    (reference,) = pipeline([photo], seed=1, progress=False)
+    for built in (True, False):
+        pipeline.use_engines(EngineConfig(name="torch"), tmp_path)
+        (cloud,) = pipeline([photo], seed=1, progress=False)
+        engines = [*pipeline.synthesizer.denoiser.engines.values(), *pipeline.reconstructor.engines.values()]
+        assert [(e.info["engine"], e.info["aot"], e.info["built"]) for e in engines] == [("torch", True, built)] * 2
+        assert engines[0].calls == pipeline.synthesizer.config.steps and engines[1].calls == 1
+        for name in ("means", "quats", "scales", "opacities", "sh"):
+            error = relative_error(getattr(cloud, name), getattr(reference, name))
+            assert error < FP16_TOLERANCE, f"{name}: relative error {error:.2e}"

@@ -120,15 +120,23 @@ class SynthResult:
     polars: torch.Tensor
 
 
+Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""One UNet call ``(sample, timestep, encoder_hidden_states, added_time_ids) -> output``."""
+
+
 @dataclass
 class SV3DSynthesizer:
-    """SV3D_p: ``SV3DUNet`` + SD's ``AutoencoderKL`` + CLIP ViT-H/14 + Euler EDM sampling."""
+    """SV3D_p: ``SV3DUNet`` + SD's ``AutoencoderKL`` + CLIP ViT-H/14 + Euler EDM sampling.
+
+    ``denoiser`` runs the UNet's calls when set (an optimized engine of the step graph, see
+    ``ReconstructionPipeline.use_engines``); None calls ``unet`` itself."""
 
     unet: SV3DUNet
     vae: AutoencoderKL
     image_encoder: CLIPVisionModelWithProjection
     config: SynthConfig = field(default_factory=SynthConfig)
     scheduler: EulerDiscreteScheduler = field(default_factory=lambda: edm_euler_scheduler())
+    denoiser: Denoiser | None = None
 
     @classmethod
     def from_config(
@@ -195,7 +203,8 @@ class SV3DSynthesizer:
         """One guided UNet evaluation (both branches in one batch of 2B): the v-prediction for the
         scaled noisy ``latents`` (B, T, 4, h, w) at ``timestep`` (c_noise)."""
         sample = torch.cat([torch.cat([latents, latents]), cond.image_latents.to(latents.dtype)], dim=2)
-        out = self.unet(sample, timestep, cond.context, cond.added_time_ids.to(latents.dtype))
+        denoise = self.denoiser or self.unet
+        out = denoise(sample, timestep, cond.context, cond.added_time_ids.to(latents.dtype)).to(latents.dtype)
         uncond, conditional = out.chunk(2)
         scale = cond.guidance[:, :, None, None, None].to(out.dtype)
         return uncond + scale * (conditional - uncond)

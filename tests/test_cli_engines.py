@@ -1,0 +1,88 @@
+"""``splatcast reconstruct`` / ``serve`` with the learned pipeline's engines, through the CLI's
+own entry point, on a tiny checkpoint folder (random weights, its sizes in architecture.json)."""
+
+import importlib.util
+import json
+
+import cv2
+import pytest
+import torch
+from skimage.data import astronaut
+from splatcast.cli import main
+from splatcast.engine.checkpoints import save_checkpoints
+from splatcast.engine.formats import load_asset
+from splatcast.engine.lrt import LatentReconstructionTransformer
+from splatcast.engine.pipeline import ARCHITECTURE_FILE, ReconstructionPipeline
+
+from .recon_configs import TINY_LRT, TINY_SYNTH, TINY_SYNTH_CONFIG, tiny_synthesizer
+
+PIPELINE = {"fit_steps": 10, "max_prior_tokens": 256}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-checkpoints")
+    torch.manual_seed(0)
+    save_checkpoints(folder, tiny_synthesizer(), LatentReconstructionTransformer(TINY_LRT))
+    sizes = {"synthesizer": TINY_SYNTH, "synth": vars(TINY_SYNTH_CONFIG), "lrt": TINY_LRT.to_dict(), "pipeline": PIPELINE}
+    (folder / ARCHITECTURE_FILE).write_text(json.dumps(sizes))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("photo") / "astronaut.png"
+    cv2.imwrite(str(path), cv2.cvtColor(cv2.resize(astronaut(), (128, 128), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR))
+    return path
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_reconstruct_with_the_eager_engine_is_the_pipeline_without_engines(checkpoints, photo, tmp_path):
+    output, cache = tmp_path / "avatar.ply", tmp_path / "engines"
+    code = main(["reconstruct", str(photo), "-o", str(output), "--checkpoints", str(checkpoints), "--engine", "eager", "--engine-cache", str(cache)])
+    assert code == 0
+    cloud = load_asset(output)
+    assert len(cloud) == TINY_LRT.num_gaussians
+    reference = ReconstructionPipeline.from_checkpoints(checkpoints, device="cpu", dtype=torch.float32)(photo, progress=False)[0]
+    torch.testing.assert_close(cloud.means, reference.means, rtol=0, atol=1e-6)
+    assert not cache.exists(), "the eager engine builds nothing"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed")
+def test_tensorrt_without_the_extra_is_a_one_line_error(checkpoints, photo, tmp_path, capsys):
+    output = tmp_path / "avatar.ply"
+    code = main(["reconstruct", str(photo), "-o", str(output), "--checkpoints", str(checkpoints), "--engine", "tensorrt", "--engine-cache", str(tmp_path)])
+    assert code == 2 and not output.exists()
+    assert "pip install 'splatcast[tensorrt]'" in one_line_error(capsys)
+    # serve refuses at start-up, not on the first upload.
+    assert main(["serve", "--checkpoints", str(checkpoints), "--engine", "tensorrt", "--port", "0"]) == 2
+    assert "pip install 'splatcast[tensorrt]'" in one_line_error(capsys)
+
+
+def test_unknown_engine_is_a_one_line_error(checkpoints, photo, tmp_path, capsys):
+    code = main(["reconstruct", str(photo), "-o", str(tmp_path / "avatar.ply"), "--checkpoints", str(checkpoints), "--engine", "onnx"])
+    assert code == 2
+    assert "unknown engine 'onnx': choose one of eager, torch, tensorrt" in one_line_error(capsys)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_torch_engine_on_the_cpu_is_refused_before_the_weights_are_read(photo, tmp_path, capsys):
+    """CPU + torch is an error, not a fall back to eager: the user asked for the GPU engine. The
+    folder holds no weights at all, so the engine's refusal is what came first."""
+    code = main(["reconstruct", str(photo), "-o", str(tmp_path / "avatar.ply"), "--checkpoints", str(tmp_path), "--engine", "torch"])
+    assert code == 2
+    assert "need a CUDA GPU; use the 'eager' engine" in one_line_error(capsys)
+
+
+def test_missing_checkpoint_files_are_a_one_line_error(photo, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # as argparse's errors leave main
+        main(["reconstruct", str(photo), "-o", str(tmp_path / "avatar.ply"), "--checkpoints", str(tmp_path), "--engine", "eager"])
+    assert exit_info.value.code == 2
+    assert "missing checkpoint file(s)" in one_line_error(capsys)
