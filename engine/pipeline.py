@@ -42,9 +42,9 @@ PhotoSource = str | os.PathLike | bytes | np.ndarray
 
 ARCHITECTURE_FILE = "architecture.json"
 """Optional in a checkpoint folder whose networks are not the released sizes (a distilled model,
-the tests' tiny ones): ``{"synthesizer": {"unet": ..., "vae": ..., "image_encoder": ...}`` (the
-constructor arguments ``SV3DSynthesizer.from_config`` takes), ``"synth"``: ``SynthConfig``,
-``"lrt"``: ``LRTConfig``, ``"pipeline"``: ``PipelineConfig`` fields}``; every key optional."""
+the tests' tiny ones). A JSON object, every key optional: "synthesizer" (``{"unet": ..., "vae":
+..., "image_encoder": ...}``, the constructor arguments ``SV3DSynthesizer.from_config`` takes),
+"synth", "lrt" and "pipeline" (the fields of ``SynthConfig``, ``LRTConfig``, ``PipelineConfig``)."""
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,7 @@ def _architecture(folder: str | os.PathLike) -> dict:
         if unknown:
             raise ValueError(f"unknown keys {', '.join(sorted(unknown))}")
         return {key: configs[key](**value) if key in configs else value for key, value in sizes.items()}
-    except (ValueError, TypeError, KeyError, AttributeError) as error:
+    except (ValueError, TypeError, AttributeError) as error:
         raise CheckpointError(f"{path} does not describe the networks ({error}); see ARCHITECTURE_FILE in engine/pipeline.py") from None
 
 

@@ -86,3 +86,16 @@ def test_missing_checkpoint_files_are_a_one_line_error(photo, tmp_path, capsys):
         main(["reconstruct", str(photo), "-o", str(tmp_path / "avatar.ply"), "--checkpoints", str(tmp_path), "--engine", "eager"])
     assert exit_info.value.code == 2
     assert "missing checkpoint file(s)" in one_line_error(capsys)
+
+
+def test_a_bad_architecture_file_is_a_one_line_error(checkpoints, photo, tmp_path, capsys):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for file in checkpoints.iterdir():
+        (folder / file.name).symlink_to(file)
+    (folder / ARCHITECTURE_FILE).unlink()
+    (folder / ARCHITECTURE_FILE).write_text(json.dumps({"lrt": {"dims": [32, 64], "depth": [1, 1]}}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reconstruct", str(photo), "-o", str(tmp_path / "avatar.ply"), "--checkpoints", str(folder), "--engine", "eager"])
+    assert exit_info.value.code == 2
+    assert "architecture.json does not describe the networks" in one_line_error(capsys)
