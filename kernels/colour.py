@@ -44,3 +44,16 @@ def rgb_to_i420(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 
     chroma = (row(-1) + 3 * row(0) + 3 * row(1) + row(2)) / 8
     return y, _level(_weighted(chroma, BLUE_DIFFERENCE, 128.0)), _level(_weighted(chroma, RED_DIFFERENCE, 128.0))
+
+
+def i420_planes(frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A (3H/2, W) ``yuv420p`` frame (Y rows, then U, then V) -> views of its Y, U and V planes."""
+    height, width = frame.shape[0] * 2 // 3, frame.shape[1]
+    flat = frame.reshape(-1)
+    chroma = (height // 2) * (width // 2)
+    luma = height * width
+    return (
+        flat[:luma].view(height, width),
+        flat[luma : luma + chroma].view(height // 2, width // 2),
+        flat[luma + chroma :].view(height // 2, width // 2),
+    )

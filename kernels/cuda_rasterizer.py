@@ -161,7 +161,7 @@ class _Plan:
     i420: torch.Tensor | None = None
     i420_host: torch.Tensor | None = None
     layout: torch.Tensor | None = None
-    planes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)  # views of i420_host
+    frames: list[torch.Tensor] = field(default_factory=list)  # (3H/2, W) views of i420_host, one per frame
     graph: torch.cuda.CUDAGraph | None = None
     temp_checked: bool = False  # the shared sort storage is known to fit this plan's sorts
     underused: int = 0
@@ -194,7 +194,7 @@ class CudaRasterizer:
     ``graphs`` replays one captured CUDA graph per call shape (off: plain launches).
 
     Outputs live in buffers reused by the next call of the same shape: ``render`` returns a
-    copy; ``render_i420``'s host planes are valid until the next call.
+    copy; ``render_i420``'s host frames are valid until the next call.
     """
 
     def __init__(
@@ -310,15 +310,8 @@ class CudaRasterizer:
             plan.layout = layout.to(self.device)
             plan.i420 = torch.empty(total, dtype=torch.uint8, device=self.device)
             plan.i420_host = torch.empty(total, dtype=torch.uint8, pin_memory=True)
-            h = views.height
-            for offset, width in frames:
-                chroma = (width // 2) * (h // 2)
-                u_at = offset + width * h
-                plan.planes.append((
-                    plan.i420_host[offset:u_at].view(h, width),
-                    plan.i420_host[u_at : u_at + chroma].view(h // 2, width // 2),
-                    plan.i420_host[u_at + chroma : u_at + 2 * chroma].view(h // 2, width // 2),
-                ))
+            rows = views.height * 3 // 2
+            plan.frames = [plan.i420_host[offset : offset + rows * width].view(rows, width) for offset, width in frames]
         self._plans[key] = plan
         while len(self._plans) > _MAX_PLANS:
             self._plans.popitem(last=False)
@@ -456,13 +449,14 @@ class CudaRasterizer:
         views: Views,
         background: tuple[float, float, float] | torch.Tensor = (0.0, 0.0, 0.0),
         views_per_frame: list[int] | None = None,
-    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """One I420 frame (Y (H, g W), U and V (H/2, g W / 2) uint8, in pinned host memory) per
-        entry g of ``views_per_frame`` (default: all views in one frame), its views side by side.
-        View sizes must be even."""
+    ) -> list[torch.Tensor]:
+        """One I420 frame per entry g of ``views_per_frame`` (default: all views in one frame),
+        its views side by side: a (3H/2, g W) uint8 tensor in pinned host memory holding the Y
+        rows, then U, then V (H/2 x g W/2 each), the ``yuv420p`` layout encoders take in one
+        copy (``colour.i420_planes`` splits it). View sizes must be even."""
         counts = list(views_per_frame or [len(views)])
         if sum(counts) != len(views) or min(counts, default=1) < 1:
             raise ValueError(f"views_per_frame {counts} does not split {len(views)} views")
         if views.width % 2 or views.height % 2:
             raise ValueError(f"I420 needs even view sizes, got {views.width}x{views.height}")
-        return self._render(cloud, views, background, counts).planes
+        return self._render(cloud, views, background, counts).frames

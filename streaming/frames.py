@@ -60,12 +60,13 @@ class FrameRenderer:
         counts = views_per_frame or [len(views)]
         start = time.perf_counter()
         if self._cuda is not None:
-            planes = self._cuda.render_i420(self.cloud, views, self.background, counts)
+            i420 = self._cuda.render_i420(self.cloud, views, self.background, counts)
             render_ms = 1e3 * (time.perf_counter() - start)
             frames = []
-            for y, u, v in planes:
+            for image in i420:
                 convert_start = time.perf_counter()
-                frame = av.VideoFrame.from_ndarray(torch.cat([y.flatten(), u.flatten(), v.flatten()]).numpy().reshape(-1, y.shape[1]), format="yuv420p")
+                # One copy out of the pinned buffer, which the next render call reuses.
+                frame = av.VideoFrame.from_ndarray(image.numpy(), format="yuv420p")
                 frames.append(RenderedFrame(frame, render_ms, 1e3 * (time.perf_counter() - convert_start)))
             return frames
         images = reference.to_uint8(reference.render(self.cloud, views, self.background)).cpu()

@@ -5,15 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from splatcast.kernels.colour import rgb_to_i420
+from splatcast.kernels.colour import i420_planes, rgb_to_i420
 
 
 def swscale_i420(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    height, width, _ = rgb.shape
     packed = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p").to_ndarray()
-    chroma = packed[height:].reshape(-1)
-    quarter = height * width // 4
-    return packed[:height], chroma[:quarter].reshape(height // 2, width // 2), chroma[quarter:].reshape(height // 2, width // 2)
+    return tuple(plane.numpy() for plane in i420_planes(torch.from_numpy(packed)))
 
 
 @pytest.mark.parametrize("size", [(8, 16), (30, 42), (120, 160), (720, 1280)])
@@ -45,3 +42,13 @@ def test_batches_convert_view_by_view():
 def test_bad_input_is_rejected(bad):
     with pytest.raises(ValueError):
         rgb_to_i420(bad)
+
+
+def test_i420_planes_split_a_yuv420p_frame_as_pyav_lays_it_out():
+    rgb = torch.randint(0, 256, (36, 52, 3), dtype=torch.uint8)
+    frame = av.VideoFrame.from_ndarray(rgb.numpy(), format="rgb24").reformat(format="yuv420p")
+    packed = torch.from_numpy(frame.to_ndarray())
+    assert packed.shape == (54, 52)
+    for got, plane in zip(i420_planes(packed), frame.planes, strict=True):
+        expected = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
+        assert torch.equal(got, torch.from_numpy(expected.copy()))

@@ -198,7 +198,7 @@ def test_graph_replays_follow_new_cameras_and_backgrounds(rasterizers, generator
 
 
 def test_i420_planes_match_a_cpu_conversion_of_the_rgb(rasterizers, generator):
-    from splatcast.kernels.colour import rgb_to_i420
+    from splatcast.kernels.colour import i420_planes, rgb_to_i420
 
     cloud = cloud_for(generator, 20_000)
     views = random_views(generator, 3, 180, 120)
@@ -206,10 +206,11 @@ def test_i420_planes_match_a_cpu_conversion_of_the_rgb(rasterizers, generator):
     rasterizer = rasterizers[torch.float16]
     rgb = rasterizer.render(cloud, views, background).cpu()
     frames = rasterizer.render_i420(cloud, views, background, views_per_frame=[2, 1])
-    for planes, group in zip(frames, (rgb[:2], rgb[2:]), strict=True):
+    for frame, group in zip(frames, (rgb[:2], rgb[2:]), strict=True):
         side_by_side = group.permute(1, 0, 2, 3).reshape(group.shape[1], -1, 3)
-        for got, expected in zip(planes, rgb_to_i420(side_by_side), strict=True):
-            assert got.is_pinned() and got.shape == expected.shape
+        assert frame.is_pinned() and frame.is_contiguous()
+        for got, expected in zip(i420_planes(frame), rgb_to_i420(side_by_side), strict=True):
+            assert got.shape == expected.shape
             assert int((got.int() - expected.int()).abs().max()) <= 1
 
 
