@@ -2,7 +2,7 @@
 # GPU tests of the engines, then their benchmark, in one device call (issue 5).
 #
 #   device run, carry [".whl"] (diffusers from ../shared/device/wheels.sh recon), limit 480 s:
-#   SPLATCAST_COMMIT=<sha> BUDGET_S=450 bash benchmarks/run_engines_gpu.sh
+#   SPLATCAST_COMMIT=<sha> BUDGET_S=450 [BENCH_K='pytest -k expression'] bash benchmarks/run_engines_gpu.sh
 #
 # Figures go to $OUT/engines.json as they are measured (a run cut short keeps them); logs and
 # pytest-benchmark's JSON beside it. Steps that would overrun BUDGET_S skip and say so.
@@ -20,7 +20,7 @@ tail -15 "$OUT/tests.log"
 
 left=$(( deadline - $(date +%s) ))
 SPLATCAST_ENGINES_JSON="$OUT/engines.json" SPLATCAST_DEADLINE=$deadline \
-    timeout $(( left > 10 ? left - 5 : 5 )) python3 -X faulthandler -m pytest benchmarks/test_engines_gpu.py -q -rs -p no:cacheprovider \
+    timeout $(( left > 10 ? left - 5 : 5 )) python3 -X faulthandler -m pytest benchmarks/test_engines_gpu.py -q -rs -p no:cacheprovider -k "${BENCH_K:-}" \
     --benchmark-json="$OUT/engines-benchmark.json" --benchmark-columns=median,min,max > "$OUT/bench.log" 2>&1
 tail -25 "$OUT/bench.log"
 python3 - "$OUT/engines.json" <<'PY'

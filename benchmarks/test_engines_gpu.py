@@ -164,6 +164,23 @@ def test_splatcast_eager_fp16(benchmark, step, fp16_output):
     record("synth_step/eager-fp16", **gpu_time(benchmark, call), relative_error_vs_fp32=relative_error(out, reference))
 
 
+def test_splatcast_eager_fp16_channels_last(benchmark, step):
+    """The same module with its convolution weights in channels-last (NHWC) order, the layout
+    Hopper's tensor-core convolutions read natively; activations follow the weights' layout."""
+    graph, inputs, reference = step
+    typed = graph.to(dtype=torch.float16)
+    typed.module.to(memory_format=torch.channels_last)
+    conformed = typed.conform(inputs)
+    with torch.no_grad():
+        out = typed.module(*conformed)
+
+    def call():
+        with torch.no_grad():
+            typed.module(*conformed)
+
+    record("synth_step/eager-fp16-channels-last", **gpu_time(benchmark, call), relative_error_vs_fp32=relative_error(out, reference))
+
+
 def test_torch_engine_fp16_cuda_graph(benchmark, step, fp16_output):
     graph, inputs, reference = step
     start = time.perf_counter()
