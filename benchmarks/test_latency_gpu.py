@@ -71,6 +71,26 @@ def test_in_process_pose_to_encoded(benchmark, renderer, size, views):
     benchmark.extra_info.update({"encoder": h264_codec_name(), "gaussians": len(renderer.cloud), **{k: percentiles(v) for k, v in stages.items()}})
 
 
+@pytest.mark.parametrize("threads", [1, 2, 4, 8, 0], ids=lambda t: f"threads={t or 'auto'}")
+def test_x264_1080p_encode_by_threads(benchmark, renderer, threads):
+    """libx264's encode time for one rendered 1080p frame against its thread count: what one
+    session's latency gains from slices, and what many sessions pay for them."""
+    centre, radius = frame_bounds(*renderer.cloud.bounds(), 40.0)
+    limits = SizeLimits(1920, 1080)
+    frames = [renderer.render(parse_pose(pose_message(i, 2.0 * i, 1920, 1080, radius, centre), limits).views())[0].frame for i in range(60)]
+    encoder = VideoEncoder("video/H264", fps=60, bitrate=8_000_000, threads=threads)
+    counter = itertools.count()
+
+    def encode():
+        index = next(counter)
+        frame = frames[index % len(frames)]
+        frame.pts = index * 1500
+        encoder.encode(frame)
+
+    benchmark.pedantic(encode, rounds=120, warmup_rounds=10)
+    benchmark.extra_info.update({"threads": threads, "encoder": h264_codec_name()})
+
+
 def test_loopback_pose_to_decoded_720p60(benchmark):
     async def run() -> dict:
         config = ServerConfig(fps=60, width=1280, height=720, max_sessions=4)

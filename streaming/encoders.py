@@ -67,7 +67,9 @@ def _codec_options(codec_name: str, fps: int, bitrate: int) -> dict[str, str]:
 class VideoEncoder:
     """One stream's encoder: ``encode(frame, keyframe) -> [av.Packet]`` with pts in 90 kHz ticks."""
 
-    def __init__(self, mime_type: str, fps: int = 60, bitrate: int = 4_000_000) -> None:
+    def __init__(self, mime_type: str, fps: int = 60, bitrate: int = 4_000_000, threads: int = 0) -> None:
+        """``threads``: the codec's threads (libx264 under zerolatency: one slice each); 0 lets
+        FFmpeg choose from the core count."""
         mime = mime_type.lower()
         if mime == "video/h264":
             self.codec_name = h264_codec_name()
@@ -78,6 +80,7 @@ class VideoEncoder:
         self.mime_type = mime
         self.fps = fps
         self.bitrate = bitrate
+        self.threads = threads
         self._context: av.VideoCodecContext | None = None
         self._opened_bitrate = 0
 
@@ -90,6 +93,7 @@ class VideoEncoder:
         if self.codec_name != "libx264":  # x264 runs constant quality under a VBV cap instead
             context.bit_rate = self.bitrate
         context.max_b_frames = 0
+        context.thread_count = self.threads
         context.options = _codec_options(self.codec_name, self.fps, self.bitrate)
         context.open()
         self._opened_bitrate = self.bitrate
