@@ -100,14 +100,11 @@ def test_aot_engine_builds_then_loads_from_cache(name, tmp_path):
     check_against_eager(graph, second, FP16_TOLERANCE)
 
 
-@pytest.mark.slow
-def test_pipeline_through_the_torch_engine_builds_once_then_loads(tmp_path):
-    """The tiny pipeline through AOTInductor + CUDA-graph engines in a cache folder, twice: the
-    second set comes from the cache, and both give the eager FP32 pipeline's Gaussians within
-    FP16's tolerance (relative L2 error of every Gaussian parameter)."""
+
+def gpu_pipeline_and_reference():
+    """The tiny pipeline on the GPU in FP32, a photo, and its eager FP32 Gaussians."""
     import cv2
     from skimage.data import astronaut
-    from splatcast.export import EngineConfig
 
     from .test_pipeline_engines import tiny_pipeline
 
@@ -116,12 +113,41 @@ def test_pipeline_through_the_torch_engine_builds_once_then_loads(tmp_path):
     pipeline.synthesizer.to("cuda")
     pipeline.lrt.to("cuda")
     (reference,) = pipeline([photo], seed=1, progress=False)
+    return pipeline, photo, reference
+
+
+def check_clouds(cloud, reference, tolerance=FP16_TOLERANCE):
+    """Relative L2 error of every Gaussian parameter under ``tolerance``."""
+    for name in ("means", "quats", "scales", "opacities", "sh"):
+        error = relative_error(getattr(cloud, name), getattr(reference, name))
+        assert error < tolerance, f"{name}: relative error {error:.2e}"
+
+
+def test_pipeline_through_the_fp16_cuda_graph_engine():
+    """Without a cache folder the torch engine is FP16 + CUDA graph (no AOTInductor build)."""
+    from splatcast.export import EngineConfig
+
+    pipeline, photo, reference = gpu_pipeline_and_reference()
+    pipeline.use_engines(EngineConfig(name="torch"))
+    (cloud,) = pipeline([photo], seed=1, progress=False)
+    engines = [*pipeline.synthesizer.denoiser.engines.values(), *pipeline.reconstructor.engines.values()]
+    assert [(e.info["engine"], e.info["cuda_graph"], e.info["aot"]) for e in engines] == [("torch", True, False)] * 2
+    assert engines[0].calls == pipeline.synthesizer.config.steps and engines[1].calls == 1
+    check_clouds(cloud, reference)
+
+
+@pytest.mark.slow
+def test_pipeline_through_the_torch_engine_builds_once_then_loads(tmp_path):
+    """The tiny pipeline through AOTInductor + CUDA-graph engines in a cache folder, twice: the
+    second set comes from the cache, and both give the eager FP32 pipeline's Gaussians within
+    FP16's tolerance."""
+    from splatcast.export import EngineConfig
+
+    pipeline, photo, reference = gpu_pipeline_and_reference()
     for built in (True, False):
         pipeline.use_engines(EngineConfig(name="torch"), tmp_path)
         (cloud,) = pipeline([photo], seed=1, progress=False)
         engines = [*pipeline.synthesizer.denoiser.engines.values(), *pipeline.reconstructor.engines.values()]
         assert [(e.info["engine"], e.info["aot"], e.info["built"]) for e in engines] == [("torch", True, built)] * 2
         assert engines[0].calls == pipeline.synthesizer.config.steps and engines[1].calls == 1
-        for name in ("means", "quats", "scales", "opacities", "sh"):
-            error = relative_error(getattr(cloud, name), getattr(reference, name))
-            assert error < FP16_TOLERANCE, f"{name}: relative error {error:.2e}"
+        check_clouds(cloud, reference)
