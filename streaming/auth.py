@@ -17,13 +17,11 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from .http_errors import RequestRefused
 
-class AuthError(Exception):
+
+class AuthError(RequestRefused):
     """Refused: ``status`` is 401 (no or bad credentials) or 403 (valid, but not for this)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _b64(data: bytes) -> str:

@@ -11,7 +11,10 @@ from collections.abc import Callable, Iterable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 # Frame stage times: 0.25 ms to 1 s.
 _STAGE_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.033, 0.066, 0.133, 0.25, 0.5, 1.0)
@@ -53,3 +56,26 @@ class StreamMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Families(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self):
+        yield from self._families
+
+
+def merge_expositions(expositions: dict[str, str], label: str = "worker") -> bytes:
+    """Several processes' text expositions as one, each sample labelled ``label=<its key>``.
+
+    A sharded server's workers keep per-session series that are read at scrape time, which
+    prometheus_client's multiprocess mode cannot carry; so the front scrapes and joins them."""
+    families: dict[str, Metric] = {}
+    for key, text in expositions.items():
+        for family in text_string_to_metric_families(text):
+            merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type, family.unit))
+            merged.samples += [Sample(s.name, s.labels | {label: key}, s.value, s.timestamp, s.exemplar) for s in family.samples]
+    registry = CollectorRegistry()
+    registry.register(_Families(list(families.values())))
+    return generate_latest(registry)

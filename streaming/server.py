@@ -3,6 +3,8 @@
 Routes: ``GET /`` (web client), ``/static/*``, ``POST /offer``, ``GET /scene``, ``GET /healthz``,
 ``GET /metrics`` (Prometheus). One aiohttp application holds the avatars, the sessions and the render loop. Rendering and
 encoding run on worker threads so the event loop stays free for RTP, RTCP and pose messages.
+With ``ServerConfig.workers`` > 1, ``create_app`` returns a front that shards sessions over that
+many such servers in worker processes (``front.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
@@ -23,23 +26,25 @@ from aiortc.sdp import SessionDescription
 from ..engine.gaussians import GaussianCloud
 from ..kernels.cameras import Views, frame_bounds, intrinsics_from_fov, orbit_camera, single_view
 from .api import AvatarAPI
-from .auth import Authority, AuthError
+from .auth import Authority
 from .avatar_store import AvatarStore
 from .feedback import forward_feedback
-from .http_errors import error_response, json_errors
+from .http_errors import json_errors
 from .frames import FrameRenderer
 from .jobs import Reconstruct, ReconstructionQueue
 from .metrics import StreamMetrics
 from .openapi import openapi_spec
 from .protocol import SizeLimits
 from .render_loop import RenderLoop
-from .session import Session, SessionLimitError, SessionManager
+from .session import Session, SessionLimitError, SessionManager, new_session_id
 from .track import AvatarTrack
 
 logger = logging.getLogger(__name__)
 
 MAX_SDP_BYTES = 64 * 1024
 SERVER_KEY = web.AppKey("server", "StreamingServer")
+ASSIGNED_SESSION_ID = web.RequestKey("assigned_session_id", str)
+"""The session id a sharded server's front chose for this offer (set only on trusted requests)."""
 DEFAULT_FOV_DEG = 40.0
 """Vertical field of view of the view streamed before a client's first pose."""
 
@@ -76,21 +81,30 @@ class ServerConfig:
     max_pending_jobs: int = 8
     sessions_per_token: int = 2
     sessions_per_address: int = 8
+    workers: int = 1
+    """Processes that host sessions; 1: this process. More spread the per-session network work
+    (aiortc's RTP, SRTP, SCTP in Python) over that many event loops sharing the GPU."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Avatar:
-    """A servable avatar: its Gaussians on the render device and its default orbit."""
+    """A servable avatar: its Gaussians and default orbit. Its renderer (the Gaussians on the
+    render device) is made on first use, so a sharded server's front never touches the GPU."""
 
     id: str
-    renderer: FrameRenderer
+    cloud: GaussianCloud
+    background: tuple[float, float, float]
     centre: tuple[float, float, float]
     radius: float
 
     @classmethod
     def from_cloud(cls, avatar_id: str, cloud: GaussianCloud, background: tuple[float, float, float]) -> Avatar:
         centre, radius = frame_bounds(*cloud.bounds(), DEFAULT_FOV_DEG)
-        return cls(avatar_id, FrameRenderer(cloud, background), centre, radius)
+        return cls(avatar_id, cloud, background, centre, radius)
+
+    @cached_property
+    def renderer(self) -> FrameRenderer:
+        return FrameRenderer(self.cloud, self.background)
 
     def default_views(self, width: int, height: int) -> Views:
         camera_to_world = orbit_camera(0.0, 0.0, self.radius, self.centre)
@@ -135,9 +149,7 @@ class StreamingServer:
         self.config = config
         self.limits = SizeLimits(config.max_width, config.max_height)
         self.avatars = {aid: Avatar.from_cloud(aid, cloud, config.background) for aid, cloud in avatars.items()}
-        for avatar in self.avatars.values():
-            # Compile and cache now, not on some viewer's first frame.
-            avatar.renderer.render(avatar.default_views(config.width, config.height))
+        self._warm_up()
         self.default_avatar = default_avatar or next(iter(self.avatars))
         self.sessions = SessionManager(config.max_sessions, config.idle_timeout, config.sessions_per_token, config.sessions_per_address)
         self.metrics = StreamMetrics(lambda: ((sid, s.track) for sid, s in self.sessions.sessions.items()))
@@ -157,6 +169,11 @@ class StreamingServer:
 
         self.jobs = ReconstructionQueue(self.store, reconstruct, self._add_avatar, config.max_pending_jobs)
         self.api = AvatarAPI(self.store, self.jobs, self.authority, config.max_image_pixels, self._add_avatar, self._forget_avatar)
+
+    def _warm_up(self) -> None:
+        """Compile and cache each renderer now, not on some viewer's first frame."""
+        for avatar in self.avatars.values():
+            avatar.renderer.render(avatar.default_views(self.config.width, self.config.height))
 
     def _add_avatar(self, avatar_id: str, cloud: GaussianCloud) -> None:
         self.avatars[avatar_id] = Avatar.from_cloud(avatar_id, cloud, self.config.background)
@@ -224,29 +241,28 @@ class StreamingServer:
             {"avatar": avatar.id, "centre": avatar.centre, "radius": avatar.radius, "width": c.width, "height": c.height, "fps": c.fps}
         )
 
-    async def offer(self, request: web.Request) -> web.Response:
+    async def _admit_offer(self, request: web.Request) -> tuple[dict, Avatar, str | None]:
+        """(offer body, avatar, viewer token id) of an offer that passes validation, auth and the
+        session limits; raises the HTTP error to answer otherwise."""
         try:
             body = await request.json()
         except (ValueError, UnicodeDecodeError):
-            return error_response(400, "body must be JSON: {\"sdp\": ..., \"type\": \"offer\"}")
+            raise web.HTTPBadRequest(text="body must be JSON: {\"sdp\": ..., \"type\": \"offer\"}") from None
         if not isinstance(body, dict) or not isinstance(body.get("sdp"), str) or body.get("type") != "offer":
-            return error_response(400, "body must be {\"sdp\": <string>, \"type\": \"offer\"}")
+            raise web.HTTPBadRequest(text="body must be {\"sdp\": <string>, \"type\": \"offer\"}")
         if len(body["sdp"]) > MAX_SDP_BYTES:
-            return error_response(413, f"SDP larger than {MAX_SDP_BYTES} bytes")
+            raise web.HTTPRequestEntityTooLarge(MAX_SDP_BYTES, len(body["sdp"]), text=f"SDP larger than {MAX_SDP_BYTES} bytes")
         avatar_id = body.get("avatar")
         if avatar_id is not None and not isinstance(avatar_id, str):
-            return error_response(400, "avatar must be a string id")
+            raise web.HTTPBadRequest(text="avatar must be a string id")
         avatar = self._avatar(avatar_id)
-        try:
-            viewer = self.authority.check_viewer(body.get("token"), avatar.id)
-        except AuthError as error:
-            return error_response(error.status, str(error))
+        viewer = self.authority.check_viewer(body.get("token"), avatar.id)
         token_id = viewer.token_id if viewer is not None else None
-        try:
-            self.sessions.reserve(token_id, request.remote)
-        except SessionLimitError as error:
-            return error_response(error.status, str(error))
+        self.sessions.reserve(token_id, request.remote)
+        return body, avatar, token_id
 
+    async def offer(self, request: web.Request) -> web.Response:
+        body, avatar, token_id = await self._admit_offer(request)
         ice = [RTCIceServer(url) for url in self.config.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
         track = AvatarTrack(avatar.default_views(self.config.width, self.config.height), self.config.fps, self.config.bitrate_bounds)
@@ -262,16 +278,17 @@ class StreamingServer:
             await pc.setLocalDescription(answer)
         except Exception as error:  # aiortc reports malformed SDP with assorted exception types
             await pc.close()
-            return error_response(400, f"bad SDP offer: {error}")
+            raise web.HTTPBadRequest(text=f"bad SDP offer: {error}") from None
 
-        session = Session(pc, track, avatar.id, self.limits, self.metrics, token_id=token_id, address=request.remote)
+        session_id = request.get(ASSIGNED_SESSION_ID) or new_session_id()
+        session = Session(pc, track, avatar.id, self.limits, self.metrics, token_id=token_id, address=request.remote, id=session_id)
         track.on_frame = session.on_frame
         pc.on("datachannel", lambda channel: session.attach_channel(channel) if channel.label == "pose" else None)
         try:
             self.sessions.add(session)
-        except SessionLimitError as error:  # another offer took the last slot meanwhile
+        except SessionLimitError:  # another offer took the last slot meanwhile
             await pc.close()
-            return error_response(error.status, str(error))
+            raise
         self.render_loop.add(track, avatar.renderer)
         logger.info("session %s: avatar %s, codec %s", session.id, avatar.id, track.codec_mime)
         return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session": session.id})
@@ -283,4 +300,9 @@ def create_app(
     default_avatar: str | None = None,
     reconstruct: Reconstruct | None = None,
 ) -> web.Application:
-    return StreamingServer(avatars, config or ServerConfig(), default_avatar, reconstruct).app()
+    config = config or ServerConfig()
+    if config.workers > 1:
+        from .front import ShardedServer  # imports this module
+
+        return ShardedServer(avatars, config, default_avatar, reconstruct).app()
+    return StreamingServer(avatars, config, default_avatar, reconstruct).app()

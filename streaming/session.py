@@ -11,15 +11,21 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiortc import RTCDataChannel, RTCPeerConnection
 
+from .http_errors import RequestRefused
 from .metrics import StreamMetrics
 from .protocol import PoseError, PoseRequest, SizeLimits, frame_message, parse_pose
 from .track import AvatarTrack
 
 logger = logging.getLogger(__name__)
+
+
+def new_session_id() -> str:
+    return secrets.token_urlsafe(9)
 
 
 @dataclass
@@ -31,7 +37,7 @@ class Session:
     metrics: StreamMetrics
     token_id: str | None = None
     address: str | None = None
-    id: str = field(default_factory=lambda: secrets.token_urlsafe(9))
+    id: str = field(default_factory=new_session_id)
     last_activity: float = field(default_factory=time.monotonic)
     channel: RTCDataChannel | None = None
     max_pose_rate: float = 240.0
@@ -89,22 +95,20 @@ class Session:
             self.channel.send(frame_message(pose.seq, pose.client_time, pts, timings))
 
 
-class SessionLimitError(RuntimeError):
+class SessionLimitError(RequestRefused):
     """No more sessions: for the server (503), or for this token or client address (429)."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
+class SessionBook:
+    """Sessions counted against the limits: in all, per viewer token and per client address.
+    Its entries need only ``token_id`` and ``address``, so a sharded server's front can count
+    sessions that live in its workers."""
 
-class SessionManager:
-    def __init__(self, max_sessions: int, idle_timeout: float, per_token: int = 2, per_address: int = 8) -> None:
+    def __init__(self, max_sessions: int, per_token: int = 2, per_address: int = 8) -> None:
         self.max_sessions = max_sessions
         self.per_token = per_token
         self.per_address = per_address
-        self.idle_timeout = idle_timeout
-        self.sessions: dict[str, Session] = {}
-        self._reaper: asyncio.Task | None = None
+        self.sessions: dict = {}
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -117,6 +121,15 @@ class SessionManager:
             raise SessionLimitError(429, f"this token already has {self.per_token} sessions")
         if address is not None and sum(s.address == address for s in self.sessions.values()) >= self.per_address:
             raise SessionLimitError(429, f"this address already has {self.per_address} sessions")
+
+
+class SessionManager(SessionBook):
+    def __init__(self, max_sessions: int, idle_timeout: float, per_token: int = 2, per_address: int = 8) -> None:
+        super().__init__(max_sessions, per_token, per_address)
+        self.idle_timeout = idle_timeout
+        self.on_close: Callable[[str], None] | None = None
+        """Told each ended session's id (a sharded server's worker tells its front)."""
+        self._reaper: asyncio.Task | None = None
 
     def add(self, session: Session) -> None:
         self.reserve(session.token_id, session.address)
@@ -136,6 +149,8 @@ class SessionManager:
         if session is None:
             return
         logger.info("session %s closed: %s (bad poses %d)", session_id, reason, session.bad_poses)
+        if self.on_close is not None:
+            self.on_close(session_id)
         session.track.stop()
         await session.pc.close()
 
