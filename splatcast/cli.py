@@ -37,6 +37,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value or max(1, (os.cpu_count() or 2) // 2)
+
+
 def _load(path: str | None):
     from .engine.formats import load_asset
 
@@ -116,7 +123,7 @@ def export(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from .streaming.server import AccessLogger, ServerConfig, StreamingServer
+    from .streaming.server import AccessLogger, ServerConfig, create_app
 
     if args.photo and args.avatar:
         raise SystemExit("give --avatar or --photo, not both")
@@ -146,12 +153,13 @@ def serve(args: argparse.Namespace) -> int:
         engine=args.engine,
         engine_cache=args.engine_cache,
         api_key=args.api_key or os.environ.get("SPLATCAST_API_KEY"),
+        workers=args.workers,
     )
     with console.status(f"preparing {avatar_id} ({len(cloud):,} Gaussians) for streaming"):
-        server = StreamingServer({avatar_id: cloud}, config)
+        app = create_app({avatar_id: cloud}, config)
     url = f"http://{'localhost' if args.host in ('127.0.0.1', '0.0.0.0') else args.host}:{args.port}/"
     print(f"splatcast: streaming {avatar_id} at {url}", flush=True)
-    web.run_app(server.app(), host=args.host, port=args.port, print=None, access_log_class=AccessLogger)
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log_class=AccessLogger)
     return 0
 
 
@@ -223,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ice-server", action="append", default=[], help="STUN/TURN URL (repeatable); none by default")
     p.add_argument("--store", help="folder for uploaded and reconstructed avatars (default: a temporary one)")
     p.add_argument("--api-key", help="turn security on (or set SPLATCAST_API_KEY): management calls need it, viewers need tokens")
+    p.add_argument("--workers", type=_workers, default=1, help="processes hosting the sessions (0: half the CPU cores)")
     _reconstruction_options(p)
     p.set_defaults(run=serve)
 
