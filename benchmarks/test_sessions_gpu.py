@@ -1,9 +1,11 @@
 """Session sweep on a GPU machine: N concurrent 720p60 loopback sessions, each viewer in its own
 process so that the server is what gets measured.
 
-Per N: delivered fps per session (server side, min and median; and what each viewer decoded),
-viewers' pose -> decoded latency, the server's pose -> encoded p99 (upper edge of its histogram
-bucket), GPU time per render tick, and the server process's CPU use. Plot with
+Per N and per server layout (one process, or sharded over worker processes; set
+``SPLATCAST_SWEEP_WORKERS=1,8`` to choose, default 1 and min(cores / 2, 8)): delivered fps per
+session (server side, min and median; and what each viewer decoded), viewers' pose -> decoded
+latency, the server's pose -> encoded p99 (upper edge of its histogram bucket), GPU time per
+render call, and the server processes' CPU use, all read from the server's ``/metrics``. Plot with
 ``python benchmarks/plot_sessions.py benchmarks/results/sessions-<device>.json``.
 
     python -m pytest benchmarks/test_sessions_gpu.py --benchmark-json=benchmarks/results/sessions-<device>.json
@@ -15,9 +17,12 @@ import os
 import statistics
 import sys
 import time
+from collections import defaultdict
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from splatcast.config import sample_avatar_path
 from splatcast.engine.formats import load_asset
@@ -27,32 +32,60 @@ pytestmark = pytest.mark.gpu
 VIEWER_SECONDS = 16.0
 """Each viewer's run: long enough to connect, settle, and outlast the server's measuring window."""
 WINDOW_SECONDS = 4.0
+WORKER_COUNTS = sorted({int(w) for w in os.environ.get("SPLATCAST_SWEEP_WORKERS", f"1,{min((os.cpu_count() or 2) // 2, 8)}").split(",")})
+"""Server processes hosting the sessions: one (``workers=1``) and sharded (``--workers``)."""
 
 
-def histogram_quantile(histogram, q: float) -> float | None:
-    """Upper edge (ms) of the bucket holding quantile ``q`` of a prometheus_client Histogram."""
-    buckets = [(s.labels["le"], s.value) for metric in histogram.collect() for s in metric.samples if s.name.endswith("_bucket")]
-    total = buckets[-1][1] if buckets else 0
-    for edge, count in buckets:
-        if total and count >= q * total:
-            return float(edge) * 1e3 if edge != "+Inf" else None
+async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, list]:
+    """The server's /metrics (a sharded front's covers every worker): sample name -> samples."""
+    async with http.get(f"{url}/metrics") as response:
+        text = await response.text()
+    samples = defaultdict(list)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name].append(sample)
+    return samples
+
+
+def frames_per_session(samples: dict[str, list]) -> dict[tuple, float]:
+    return {(s.labels.get("worker"), s.labels["session"]): s.value for s in samples["splatcast_frames_total"]}
+
+
+def total(samples: dict[str, list], name: str) -> float:
+    return sum(s.value for s in samples[name])
+
+
+def histogram_quantile(samples: dict[str, list], name: str, q: float) -> float | None:
+    """Upper edge (ms) of the bucket holding quantile ``q`` of a histogram, summed over workers."""
+    counts = defaultdict(float)
+    for s in samples[f"{name}_bucket"]:
+        counts[float(s.labels["le"])] += s.value
+    edges = sorted(counts)
+    for edge in edges:
+        if counts[edges[-1]] and counts[edge] >= q * counts[edges[-1]]:
+            return edge * 1e3 if edge != float("inf") else None
     return None
 
 
-def histogram_mean_ms(histogram) -> float | None:
-    samples = {s.name: s.value for metric in histogram.collect() for s in metric.samples}
-    count = next((v for k, v in samples.items() if k.endswith("_count")), 0)
-    total = next((v for k, v in samples.items() if k.endswith("_sum")), 0)
-    return 1e3 * total / count if count else None
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of this process (the server or its front) and of ``pids`` (workers)."""
+    ticks = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return time.process_time() + ticks / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.mark.parametrize("sessions", [1, 2, 4, 8, 16, 32, 64])
-def test_concurrent_720p60_sessions(benchmark, sessions):
+@pytest.mark.parametrize("workers", WORKER_COUNTS)
+def test_concurrent_720p60_sessions(benchmark, workers, sessions):
     async def run() -> dict:
-        config = ServerConfig(fps=60, width=1280, height=720, max_sessions=sessions, sessions_per_address=sessions, idle_timeout=60)
-        async with TestServer(create_app({"sample": load_asset(sample_avatar_path())}, config), host="127.0.0.1") as server:
-            srv = server.app[SERVER_KEY]
+        config = ServerConfig(fps=60, width=1280, height=720, max_sessions=sessions, sessions_per_address=sessions, idle_timeout=60, workers=workers)
+        app = create_app({"sample": load_asset(sample_avatar_path())}, config)
+        async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as http:
             url = str(server.make_url("")).rstrip("/")
+            worker_pids = [w.process.pid for w in server.app[SERVER_KEY].workers] if workers > 1 else []
             viewers = [
                 await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "splatcast.streaming.viewer", url, "--seconds", str(VIEWER_SECONDS), "--width", "1280", "--height", "720",
@@ -61,29 +94,33 @@ def test_concurrent_720p60_sessions(benchmark, sessions):
                 for _ in range(sessions)
             ]
             for _ in range(300):  # every viewer connected and streaming
-                if len(srv.sessions) == sessions and all(s.track.frames_sent > 30 for s in srv.sessions.sessions.values()):
+                before = await scrape(http, url)
+                sent = frames_per_session(before)
+                if len(sent) == sessions and all(n > 30 for n in sent.values()):
                     break
                 await asyncio.sleep(0.1)
-            tracks = [s.track for s in srv.sessions.sessions.values()]
-            sent = [t.frames_sent for t in tracks]
-            cpu, wall, ticks = time.process_time(), time.monotonic(), srv.render_loop.ticks
+            cpu, wall = cpu_seconds(worker_pids), time.monotonic()
             await asyncio.sleep(WINDOW_SECONDS)
+            after = await scrape(http, url)
             wall = time.monotonic() - wall
-            fps = [(t.frames_sent - n) / wall for t, n in zip(tracks, sent)]
-            cpu_use = (time.process_time() - cpu) / wall
-            ticks = srv.render_loop.ticks - ticks
+            cpu_use = (cpu_seconds(worker_pids) - cpu) / wall
+            now = frames_per_session(after)
+            fps = [(now[key] - n) / wall for key, n in sent.items() if key in now]
+            renders = total(after, "splatcast_render_seconds_count") - total(before, "splatcast_render_seconds_count")
+            render_s = total(after, "splatcast_render_seconds_sum") - total(before, "splatcast_render_seconds_sum")
             reports = [json.loads((await v.communicate())[0].decode().strip().splitlines()[-1]) for v in viewers]
             return {
                 "sessions": sessions,
-                "connected": len(tracks),
+                "workers": workers,
+                "connected": len(sent),
                 "server_fps_min": round(min(fps), 2) if fps else 0.0,
                 "server_fps_median": round(statistics.median(fps), 2) if fps else 0.0,
                 "viewer_fps_min": min(r["fps"] for r in reports),
                 "viewer_fps_median": statistics.median(r["fps"] for r in reports),
                 "viewer_latency_ms_p50_median": statistics.median(r["latency_ms_p50"] for r in reports if r["latency_ms_p50"] is not None),
-                "server_pose_to_encoded_ms_p99_at_most": histogram_quantile(srv.metrics.pose_to_encoded, 0.99),
-                "render_ms_per_tick_mean": histogram_mean_ms(srv.metrics.render),
-                "ticks_per_s": round(ticks / wall, 1),
+                "server_pose_to_encoded_ms_p99_at_most": histogram_quantile(after, "splatcast_pose_to_encoded_seconds", 0.99),
+                "render_ms_per_tick_mean": round(1e3 * render_s / renders, 3) if renders else None,
+                "ticks_per_s": round(renders / wall, 1),
                 "server_cpu_cores_busy": round(cpu_use, 2),
                 "cpu_cores": os.cpu_count(),
             }
