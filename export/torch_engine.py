@@ -8,12 +8,21 @@ Built from a ``Graph`` in four steps, each of which can be switched off to measu
 3. Ahead-of-time compilation with AOTInductor at the graph's static shapes (classifier-free
    guidance's two halves are one batch of the graph), packaged as a ``.pt2`` file in the engine
    cache: the first start compiles (minutes for the full UNet), later starts load the package.
+   A new package is loaded and run once in a child process before it is trusted: on some
+   torch builds loading one crashes the process (seen on a GPU image with torch 2.11), and a
+   crash there must cost a warning, not the server. A package that fails that check is not
+   kept; the cache entry records the refusal instead (so the next start does not spend minutes
+   compiling it again) and the engine runs without step 3.
 4. CUDA-graph capture of the whole call, replayed on every step: one launch instead of
    thousands, inputs copied into the captured buffers.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,14 +34,49 @@ from .errors import EngineUnavailableError
 from .fp8 import MIN_FEATURES, check_fp8_support, quantize_linears
 from .graphs import Engine, Graph
 
+logger = logging.getLogger(__name__)
+
 PACKAGE = "model.pt2"
+REFUSED = "refused.json"
+"""Written instead of the package when the built package failed its out-of-process check."""
+PROBE_TIMEOUT_S = 600
+_PROBE = """
+import json, sys, torch
+runner = torch._inductor.aoti_load_package(sys.argv[1])
+inputs = [torch.zeros(shape, dtype=getattr(torch, dtype), device=device) for shape, dtype, device in json.loads(sys.argv[2])]
+with torch.no_grad():
+    runner(*inputs)
+if torch.cuda.is_available():
+    torch.cuda.synchronize()
+"""
+
+
+def probe_package(package: Path, graph: Graph) -> str | None:
+    """Load ``package`` and run it once on zero inputs of ``graph``'s shapes in a child process.
+    None if that worked, else why not (exit status or signal, and the end of its stderr)."""
+    spec = [(list(x.shape), str(x.dtype).removeprefix("torch."), str(x.device)) for x in graph.inputs.values()]
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", _PROBE, str(package), json.dumps(spec)], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        return f"loading and running the package took over {PROBE_TIMEOUT_S} s"
+    if child.returncode == 0:
+        return None
+    status = f"signal {-child.returncode}" if child.returncode < 0 else f"exit status {child.returncode}"
+    return f"loading and running the package failed in a child process ({status}): {child.stderr.strip()[-500:]}"
 
 
 def aot_compile(graph: Graph, folder: Path) -> None:
-    """torch.export the graph at its example shapes and compile it with AOTInductor into ``folder``."""
+    """torch.export the graph at its example shapes and compile it with AOTInductor into
+    ``folder``; keep the package only if a child process can load and run it (see ``REFUSED``)."""
     with torch.no_grad():
         program = torch.export.export(graph.module, tuple(graph.inputs.values()))
         torch._inductor.aoti_compile_and_package(program, package_path=str(folder / PACKAGE))
+    refusal = probe_package(folder / PACKAGE, graph)
+    if refusal is not None:
+        (folder / PACKAGE).unlink()
+        (folder / REFUSED).write_text(json.dumps({"reason": refusal, "torch": torch.__version__}))
 
 
 class CUDAGraphCall:
@@ -107,15 +151,19 @@ def build_torch_engine(
         lookup = time.perf_counter()
         entry, info["built"] = cache.get_or_build(key, lambda folder: aot_compile(typed, folder))
         info["cache_s"] = round(time.perf_counter() - lookup, 3)
-        load = time.perf_counter()
-        run = torch._inductor.aoti_load_package(str(entry.file(PACKAGE)))
-        info["load_s"] = round(time.perf_counter() - load, 3)
+        if entry.file(REFUSED).exists():
+            info["aot"], info["aot_refused"] = False, json.loads(entry.file(REFUSED).read_text())["reason"]
+            logger.warning("%s: running without the AOTInductor package: %s", graph.name, info["aot_refused"])
+        else:
+            load = time.perf_counter()
+            run = torch._inductor.aoti_load_package(str(entry.file(PACKAGE)))
+            info["load_s"] = round(time.perf_counter() - load, 3)
     info["prepare_s"] = round(time.perf_counter() - start, 3)
     if cuda_graph:
         start = time.perf_counter()
         run = CUDAGraphCall(run, tuple(typed.inputs.values()))
         info["capture_s"] = round(time.perf_counter() - start, 3)
-    if aot:  # the package holds the weights now: free the module's copy, keep its shapes
+    if info["aot"]:  # the package holds the weights now: free the module's copy, keep its shapes
         typed.module.to("meta")
     return Engine(typed, run, info)
 

@@ -203,6 +203,7 @@ def test_aot_torch_engine_on_cpu_builds_once_then_loads(tmp_path):
     first = build_torch_engine(graph, cache, dtype=torch.float32, cuda_graph=False)
     second = build_torch_engine(graph, cache, dtype=torch.float32, cuda_graph=False)
     assert first.info["built"] and not second.info["built"]
+    assert first.info["aot"] and second.info["aot"]  # the package passed its out-of-process check
     inputs = graph.random_inputs()
     with torch.no_grad():
         reference = graph.module(*inputs.values())
@@ -212,3 +213,31 @@ def test_aot_torch_engine_on_cpu_builds_once_then_loads(tmp_path):
     third = build_torch_engine(graph, cache, dtype=torch.float32, cuda_graph=False)
     assert third.info["built"]
     assert relative_error(third(*inputs.values()), reference) < 1e-5
+
+
+def test_a_package_that_cannot_load_is_refused_with_the_reason(tmp_path):
+    from splatcast.export.torch_engine import probe_package
+
+    package = tmp_path / "model.pt2"
+    package.write_bytes(b"not a package")
+    reason = probe_package(package, tiny_lrt_graph())
+    assert reason is not None and "exit status 1" in reason and "child process" in reason
+
+
+def test_a_refused_cache_entry_runs_without_the_package_and_is_not_rebuilt(tmp_path):
+    """A cache entry that records a refused package (see ``torch_engine.REFUSED``): the engine
+    says so, computes what the module computes, and nothing is compiled again."""
+    import json
+
+    from splatcast.export.cache import EngineKey, state_dict_digest
+    from splatcast.export.torch_engine import REFUSED, build_torch_engine
+
+    graph = tiny_lrt_graph()
+    key = EngineKey.for_graph(graph.to(dtype=torch.float32), "torch-aoti", state_dict_digest(graph.module), fp8=False)
+    reason = "loading and running the package failed in a child process (signal 11): "
+    EngineCache(tmp_path).get_or_build(key, lambda folder: (folder / REFUSED).write_text(json.dumps({"reason": reason})))
+    engine = build_torch_engine(graph, EngineCache(tmp_path), dtype=torch.float32, cuda_graph=False)
+    assert not engine.info["built"] and not engine.info["aot"] and engine.info["aot_refused"] == reason
+    inputs = graph.random_inputs()
+    with torch.no_grad():
+        assert torch.equal(engine(*inputs.values()), graph.module(*inputs.values()))

@@ -97,8 +97,8 @@ def test_aot_engine_builds_then_loads_from_cache(name, tmp_path):
     first = build_torch_engine(graph, cache)
     second = build_torch_engine(graph, cache)
     assert first.info["built"] and not second.info["built"]
+    assert second.info["aot"], second.info.get("aot_refused")
     check_against_eager(graph, second, FP16_TOLERANCE)
-
 
 
 def gpu_pipeline_and_reference():
