@@ -12,7 +12,10 @@ A frame is a fixed sequence of launches over buffers that only grow:
 4. ``rgb_to_i420``: each view written into its frame, views of a frame side by side.
 
 Since no launch depends on a value read back by the host, a whole frame is captured once per
-shape in a CUDA graph and replayed. The only read-back is the pair count, after the frame: a
+shape in a CUDA graph and replayed. The copy of the I420 frames to the host follows the graph,
+into pinned memory fresh from PyTorch's pinned-memory cache each call: the frames then belong
+to the caller (an encoder may wrap them without a copy while the next frame renders) and go
+back to the cache when released. The only read-back is the pair count, after the frame: a
 frame that made more pairs than its slots is rendered again with more slots (the graph is
 re-captured), and past ``max_pairs`` it is rendered in chunks of the depth-ordered pair sequence,
 carrying each pixel's colour and transmittance between chunks, so no Gaussian is ever dropped.
@@ -159,9 +162,8 @@ class _Plan:
     order: torch.Tensor  # (4, V * tiles): tile loads, tile ids, and both sorted by load, descending
     pair_slots: int
     i420: torch.Tensor | None = None
-    i420_host: torch.Tensor | None = None
     layout: torch.Tensor | None = None
-    frames: list[torch.Tensor] = field(default_factory=list)  # (3H/2, W) views of i420_host, one per frame
+    frame_spans: list[tuple[int, int]] = field(default_factory=list)  # each frame's (byte offset, luma width) in i420
     graph: torch.cuda.CUDAGraph | None = None
     temp_checked: bool = False  # the shared sort storage is known to fit this plan's sorts
     underused: int = 0
@@ -194,7 +196,7 @@ class CudaRasterizer:
     ``graphs`` replays one captured CUDA graph per call shape (off: plain launches).
 
     Outputs live in buffers reused by the next call of the same shape: ``render`` returns a
-    copy; ``render_i420``'s host frames are valid until the next call.
+    copy, as ``render_i420`` returns frames in fresh pinned memory.
     """
 
     def __init__(
@@ -309,9 +311,7 @@ class CudaRasterizer:
             layout, frames, total = frame_layout(views.width, views.height, views_per_frame)
             plan.layout = layout.to(self.device)
             plan.i420 = torch.empty(total, dtype=torch.uint8, device=self.device)
-            plan.i420_host = torch.empty(total, dtype=torch.uint8, pin_memory=True)
-            rows = views.height * 3 // 2
-            plan.frames = [plan.i420_host[offset : offset + rows * width].view(rows, width) for offset, width in frames]
+            plan.frame_spans = frames
         self._plans[key] = plan
         while len(self._plans) > _MAX_PLANS:
             self._plans.popitem(last=False)
@@ -348,17 +348,16 @@ class CudaRasterizer:
         )
 
     def _frame(self, packed: PackedCloud, plan: _Plan) -> None:
-        """One whole single-pass frame, from the staged inputs to the host copies of the I420
-        frames and the pair count: the sequence a graph captures."""
+        """One whole single-pass frame, from the staged inputs to the I420 frames (on the GPU)
+        and the host copy of the pair count: the sequence a graph captures."""
         self._ext.copy(plan.inputs, plan.inputs_host)
         self._project_and_sort(packed, plan)
         self._bin_and_blend(plan, 0, plan.pair_slots, None, False, True)
-        self._convert_and_copy(plan)
+        self._convert_and_count(plan)
 
-    def _convert_and_copy(self, plan: _Plan) -> None:
+    def _convert_and_count(self, plan: _Plan) -> None:
         if plan.i420 is not None:
             self._ext.rgb_to_i420(plan.image, plan.layout, plan.i420)
-            self._ext.copy(plan.i420_host, plan.i420)
         entries = plan.num_views * plan.num_gaussians
         if entries > 0:
             self._ext.copy(self._total_host, self._ends[entries - 1 : entries])
@@ -429,7 +428,7 @@ class CudaRasterizer:
         bases = range(0, total, slots)
         for i, base in enumerate(bases):
             self._bin_and_blend(plan, base, slots, state, resume=i > 0, final=i == len(bases) - 1)
-        self._convert_and_copy(plan)
+        self._convert_and_count(plan)
         self.passes = len(bases)
 
     # Public API ------------------------------------------------------------------------------
@@ -452,11 +451,18 @@ class CudaRasterizer:
     ) -> list[torch.Tensor]:
         """One I420 frame per entry g of ``views_per_frame`` (default: all views in one frame),
         its views side by side: a (3H/2, g W) uint8 tensor in pinned host memory holding the Y
-        rows, then U, then V (H/2 x g W/2 each), the ``yuv420p`` layout encoders take in one
-        copy (``colour.i420_planes`` splits it). View sizes must be even."""
+        rows, then U, then V (H/2 x g W/2 each), the ``yuv420p`` layout encoders take as it is
+        (``colour.i420_planes`` splits it). The memory is the caller's: nothing reuses it while
+        a frame is referenced. View sizes must be even."""
         counts = list(views_per_frame or [len(views)])
         if sum(counts) != len(views) or min(counts, default=1) < 1:
             raise ValueError(f"views_per_frame {counts} does not split {len(views)} views")
         if views.width % 2 or views.height % 2:
             raise ValueError(f"I420 needs even view sizes, got {views.width}x{views.height}")
-        return self._render(cloud, views, background, counts).frames
+        plan = self._render(cloud, views, background, counts)
+        host = torch.empty(plan.i420.numel(), dtype=torch.uint8, pin_memory=True)
+        with torch.cuda.device(self.device):
+            self._ext.copy(host, plan.i420)
+            torch.cuda.current_stream().synchronize()
+        rows = views.height * 3 // 2
+        return [host[offset : offset + rows * width].view(rows, width) for offset, width in plan.frame_spans]

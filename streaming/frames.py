@@ -65,8 +65,8 @@ class FrameRenderer:
             frames = []
             for image in i420:
                 convert_start = time.perf_counter()
-                # One copy out of the pinned buffer, which the next render call reuses.
-                frame = av.VideoFrame.from_ndarray(image.numpy(), format="yuv420p")
+                # No copy: the frame wraps (and keeps alive) the rasterizer's fresh pinned memory.
+                frame = av.VideoFrame.from_numpy_buffer(image.numpy(), format="yuv420p")
                 frames.append(RenderedFrame(frame, render_ms, 1e3 * (time.perf_counter() - convert_start)))
             return frames
         images = reference.to_uint8(reference.render(self.cloud, views, self.background)).cpu()

@@ -214,6 +214,17 @@ def test_i420_planes_match_a_cpu_conversion_of_the_rgb(rasterizers, generator):
             assert int((got.int() - expected.int()).abs().max()) <= 1
 
 
+def test_i420_frames_belong_to_the_caller(rasterizers, generator):
+    """A call's frames are not overwritten by the next call: an encoder may still hold them
+    while the next frame renders."""
+    cloud, views = cloud_for(generator, 1000), random_views(generator, 1, 64, 48)
+    rasterizer = rasterizers[torch.float16]
+    (first,) = rasterizer.render_i420(cloud, views, (0.0, 0.0, 0.0))
+    kept = first.clone()
+    (second,) = rasterizer.render_i420(cloud, views, (1.0, 1.0, 1.0))
+    assert torch.equal(first, kept) and not torch.equal(first, second)
+
+
 def test_unservable_batches_are_rejected_clearly(rasterizers, generator):
     rasterizer = rasterizers[torch.float16]
     with pytest.raises(ValueError, match="even"):
