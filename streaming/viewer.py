@@ -15,7 +15,7 @@ import aiohttp
 import av
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 
-from ..kernels.cameras import intrinsics_from_fov, opencv_to_opengl, orbit_camera, projection_from_intrinsics
+from ..engine.cameras import intrinsics_from_fov, opencv_to_opengl, orbit_camera, projection_from_intrinsics
 
 
 def pose_message(seq: int, azimuth_deg: float, width: int, height: int, radius: float, centre, fov_deg: float = 40.0, views: int = 1) -> str:
@@ -70,6 +70,7 @@ class Viewer:
         self.frame_messages: OrderedDict[int, dict] = OrderedDict()
         self.track = None
         self.session_id = None
+        self._seq = 0  # pose sequence numbers rise across orbits: the server keeps only newer poses
         self._track_ready = asyncio.Event()
         self._channel_open = asyncio.Event()
         self.channel.on("open", self._channel_open.set)
@@ -114,20 +115,21 @@ class Viewer:
 
     async def orbit(self, scene: dict, seconds: float, width: int, height: int, views: int = 1, pose_hz: float = 60.0) -> ViewerReport:
         """Turn around the avatar for ``seconds``, sending a new pose at ``pose_hz``, and measure
-        each decoded frame's latency from the sending of the pose it shows."""
+        each decoded frame's latency from the sending of the pose it shows. Frames of poses sent
+        before this call (still queued in the receiver) count as decoded, not in the latencies."""
         latencies: list[float] = []
         decoded = matched = 0
         reported: set[int] = set()
+        first_seq = self._seq + 1
 
         async def send_poses() -> None:
             # Poses go out in ticks of at least 10 ms, so rates past what asyncio can time work.
             tick = max(1.0 / pose_hz, 0.01)
-            seq = 0
             while True:
                 for _ in range(max(1, round(pose_hz * tick))):
-                    seq += 1
-                    azimuth = 90.0 * seq / pose_hz  # a quarter turn per second
-                    self.channel.send(pose_message(seq, azimuth, width, height, scene["radius"], scene["centre"], views=views))
+                    self._seq += 1
+                    azimuth = 90.0 * (self._seq - first_seq) / pose_hz  # a quarter turn per second
+                    self.channel.send(pose_message(self._seq, azimuth, width, height, scene["radius"], scene["centre"], views=views))
                 await asyncio.sleep(tick)
 
         sender = asyncio.create_task(send_poses())
@@ -137,7 +139,7 @@ class Viewer:
                 frame = await asyncio.wait_for(self.track.recv(), 10.0)
                 decoded += 1
                 info = self.frame_messages.get(frame.pts)
-                if info is not None:
+                if info is not None and info["seq"] >= first_seq:
                     matched += 1
                     if info["seq"] not in reported:  # first frame showing that pose
                         reported.add(info["seq"])
