@@ -21,8 +21,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from splatcast.config import sample_avatar_path
+from splatcast.engine.cameras import frame_bounds
 from splatcast.engine.formats import load_asset
-from splatcast.kernels.cameras import frame_bounds
 from splatcast.streaming.encoders import VideoEncoder, h264_codec_name
 from splatcast.streaming.frames import FrameRenderer
 from splatcast.streaming.protocol import SizeLimits, parse_pose

@@ -18,9 +18,9 @@ import statistics
 import pytest
 import torch
 
+from splatcast.engine.cameras import Views, intrinsics_from_fov, invert_rigid, look_at
 from splatcast.engine.gaussians import GaussianCloud, rgb_to_sh0
 from splatcast.kernels import reference
-from splatcast.kernels.cameras import Views, intrinsics_from_fov, invert_rigid, look_at
 
 pytestmark = pytest.mark.gpu
 cuda_rasterizer = pytest.importorskip("splatcast.kernels.cuda_rasterizer")

@@ -12,9 +12,9 @@ import av
 import pytest
 
 from splatcast.config import sample_avatar_path
+from splatcast.engine.cameras import frame_bounds
 from splatcast.engine.formats import load_asset
 from splatcast.kernels import reference
-from splatcast.kernels.cameras import frame_bounds
 from splatcast.streaming.encoders import VideoEncoder
 from splatcast.streaming.frames import FrameRenderer, side_by_side
 from splatcast.streaming.protocol import SizeLimits, parse_pose

@@ -12,7 +12,7 @@ a fixed distance and elevation. Here that is tied to the photo through the fitte
   transformer's rays, prior and Gaussians live in;
 - views: view 0 is the photo's own camera restricted to the crop; a generated view at azimuth
   phi is the photo's camera centre turned by phi about the vertical through the orbit centre
-  (right-handed about +y, from +z towards +x, as ``kernels.cameras.orbit_camera``), looking at
+  (right-handed about +y, from +z towards +x, as ``cameras.orbit_camera``), looking at
   the centre, with the crop's focal length and a centred principal point.
 """
 
@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..kernels.cameras import Views, invert_rigid, look_at
+from .cameras import Views, invert_rigid, look_at
 from .prior import BodyFit
 
 FILL = 0.85

@@ -51,7 +51,7 @@ def build_sample_avatar(num_gaussians: int = SAMPLE_NUM_GAUSSIANS, seed: int = 0
 def render_turntable(cloud: GaussianCloud, azimuths: list[float], size: tuple[int, int] = RENDER_SIZE) -> list[np.ndarray]:
     """uint8 renders (H, W, 3) of ``cloud`` framed whole, one per azimuth (degrees, 0 = front)."""
     from ..kernels import reference
-    from ..kernels.cameras import Views, frame_bounds, intrinsics_from_fov, invert_rigid, orbit_camera
+    from .cameras import Views, frame_bounds, intrinsics_from_fov, invert_rigid, orbit_camera
 
     fov = 30.0
     width, height = size

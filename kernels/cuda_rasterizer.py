@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..engine.cameras import Views
 from ..engine.gaussians import GaussianCloud
-from .cameras import Views
 
 TILE_SIZE = 16
 _SOURCES = ("bindings.cpp", "preprocess.cu", "sort.cu", "intersect.cu", "blend.cu", "i420.cu")

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..engine.cameras import Views
 from ..engine.gaussians import GaussianCloud
-from .cameras import Views
 from .sh import eval_sh_colours
 
 TILE_SIZE = 8

@@ -166,8 +166,8 @@ def serve(args: argparse.Namespace) -> int:
 def render(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from .engine.cameras import frame_bounds, intrinsics_from_fov, orbit_camera, single_view
     from .kernels import reference
-    from .kernels.cameras import frame_bounds, intrinsics_from_fov, orbit_camera, single_view
 
     cloud = _load(args.avatar)
     centre, radius = frame_bounds(*cloud.bounds(), args.fov)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import av
 import torch
 
+from ..engine.cameras import Views
 from ..engine.gaussians import GaussianCloud
 from ..kernels import reference
-from ..kernels.cameras import Views
 
 logger = logging.getLogger(__name__)
 

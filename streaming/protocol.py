@@ -33,7 +33,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from ..kernels.cameras import Views, intrinsics_from_projection, invert_rigid, opengl_to_opencv
+from ..engine.cameras import Views, intrinsics_from_projection, invert_rigid, opengl_to_opencv
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 4096

@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
-from ..kernels.cameras import Views
+from ..engine.cameras import Views
 from .frames import FrameRenderer
 from .metrics import StreamMetrics
 from .track import AvatarTrack, FrameJob

@@ -23,8 +23,8 @@ from aiohttp.abc import AbstractAccessLogger
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
+from ..engine.cameras import Views, frame_bounds, intrinsics_from_fov, orbit_camera, single_view
 from ..engine.gaussians import GaussianCloud
-from ..kernels.cameras import Views, frame_bounds, intrinsics_from_fov, orbit_camera, single_view
 from .api import AvatarAPI
 from .auth import Authority
 from .avatar_store import AvatarStore

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from ..kernels.cameras import Views
+from ..engine.cameras import Views
 from .encoders import RTP_CLOCK, VideoEncoder
 from .frames import RenderedFrame
 from .protocol import PoseRequest

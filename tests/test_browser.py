@@ -14,7 +14,7 @@ import torch
 from aiohttp.test_utils import TestServer
 from PIL import Image
 
-from splatcast.kernels.cameras import intrinsics_from_fov, intrinsics_from_projection, matrix_from_column_major, opencv_to_opengl, orbit_camera
+from splatcast.engine.cameras import intrinsics_from_fov, intrinsics_from_projection, matrix_from_column_major, opencv_to_opengl, orbit_camera
 from splatcast.streaming.server import SERVER_KEY, ServerConfig, create_app
 
 from .browser_support import chromium_page

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from splatcast.kernels.cameras import (
+from splatcast.engine.cameras import (
     intrinsics_from_fov,
     intrinsics_from_projection,
     invert_rigid,

@@ -11,9 +11,9 @@ import os
 import pytest
 import torch
 
+from splatcast.engine.cameras import Views, intrinsics_from_fov, invert_rigid, look_at, orbit_camera
 from splatcast.engine.gaussians import GaussianCloud, random_cloud
 from splatcast.kernels import reference
-from splatcast.kernels.cameras import Views, intrinsics_from_fov, invert_rigid, look_at, orbit_camera
 
 pytestmark = pytest.mark.gpu
 

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import torch
 
+from splatcast.engine.cameras import opencv_to_opengl, orbit_camera
 from splatcast.kernels import reference
-from splatcast.kernels.cameras import opencv_to_opengl, orbit_camera
 from splatcast.streaming.frames import FrameRenderer
 from splatcast.streaming.protocol import SizeLimits, parse_pose
 

@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
+from splatcast.engine.cameras import Views, invert_rigid, look_at
 from splatcast.engine.lrt import LatentReconstructionTransformer, LRTConfig, plucker_rays, to_cloud
 from splatcast.engine.lrt.model import merge_2x2, split_2x2
-from splatcast.kernels.cameras import Views, invert_rigid, look_at
 
 from .recon_configs import TINY_LRT
 

@@ -8,13 +8,13 @@ import pytest
 import roma
 import torch
 from skimage.data import astronaut
+from splatcast.engine.cameras import frame_bounds, intrinsics_from_fov, orbit_camera, single_view
 from splatcast.engine.framing import FILL, frame_person
 from splatcast.engine.images import ImageError
 from splatcast.engine.lrt import LatentReconstructionTransformer, LRTConfig
 from splatcast.engine.pipeline import PipelineConfig, ReconstructionPipeline
 from splatcast.engine.prior import BodyFit
 from splatcast.kernels import reference
-from splatcast.kernels.cameras import frame_bounds, intrinsics_from_fov, orbit_camera, single_view
 
 from .recon_configs import TINY_LRT, tiny_synthesizer
 

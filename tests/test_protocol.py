@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splatcast.kernels.cameras import intrinsics_from_fov, opencv_to_opengl, orbit_camera, projection_from_intrinsics
+from splatcast.engine.cameras import intrinsics_from_fov, opencv_to_opengl, orbit_camera, projection_from_intrinsics
 from splatcast.streaming.protocol import MAX_MESSAGE_BYTES, PoseError, SizeLimits, parse_pose
 
 LIMITS = SizeLimits(max_width=1280, max_height=720)

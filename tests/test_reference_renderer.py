@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
+from splatcast.engine.cameras import Views, intrinsics_from_fov, invert_rigid, look_at, orbit_camera, single_view
 from splatcast.engine.gaussians import GaussianCloud, random_cloud, rgb_to_sh0
 from splatcast.kernels import reference
-from splatcast.kernels.cameras import Views, intrinsics_from_fov, invert_rigid, look_at, orbit_camera, single_view
 from splatcast.kernels.sh import SH_C1, eval_sh_colours
 
 

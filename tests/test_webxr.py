@@ -21,8 +21,8 @@ import torch
 from aiohttp.test_utils import TestServer
 from PIL import Image
 
+from splatcast.engine.cameras import matrix_from_column_major, opencv_to_opengl, orbit_camera
 from splatcast.kernels import reference
-from splatcast.kernels.cameras import matrix_from_column_major, opencv_to_opengl, orbit_camera
 from splatcast.streaming.protocol import SizeLimits, parse_pose
 from splatcast.streaming.server import SERVER_KEY, ServerConfig, create_app
 

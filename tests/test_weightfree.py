@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from splatcast.engine.cameras import Views, frame_bounds, intrinsics_from_fov, invert_rigid, orbit_camera
 from splatcast.engine.prior import AnnyBody, BodyModelError, SmplBody, default_intrinsics, fit_body
 from splatcast.engine.segmentation import PersonNotFoundError, Segmentation, detect_face, segment_person
 from splatcast.engine.weightfree import reconstruct
 from splatcast.kernels import reference
-from splatcast.kernels.cameras import Views, frame_bounds, intrinsics_from_fov, invert_rigid, orbit_camera
 
 SIZE = 160  # synthetic photos are SIZE x SIZE
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ...kernels.cameras import Views, invert_rigid
+from ..cameras import Views, invert_rigid
 
 
 def plucker_rays(views: Views) -> torch.Tensor:
