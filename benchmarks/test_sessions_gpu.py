@@ -2,7 +2,8 @@
 process so that the server is what gets measured.
 
 Per N and per server layout (one process, or sharded over worker processes; set
-``SPLATCAST_SWEEP_WORKERS=1,8`` to choose, default 1 and min(cores / 2, 8)): delivered fps per
+``SPLATCAST_SWEEP_WORKERS=1,8`` to choose, default 1 and min(cores / 2, 8); each session's
+encoder threads from ``SPLATCAST_SWEEP_ENCODER_THREADS``, default 0, FFmpeg's choice): delivered fps per
 session (server side, min and median; and what each viewer decoded), viewers' pose -> decoded
 latency, the server's pose -> encoded p99 (upper edge of its histogram bucket), GPU time per
 render call, and the server processes' CPU use, all read from the server's ``/metrics``. Plot with
@@ -33,6 +34,7 @@ VIEWER_SECONDS = 16.0
 """Each viewer's run: long enough to connect, settle, and outlast the server's measuring window."""
 WINDOW_SECONDS = 4.0
 WORKER_COUNTS = sorted({int(w) for w in os.environ.get("SPLATCAST_SWEEP_WORKERS", f"1,{min((os.cpu_count() or 2) // 2, 8)}").split(",")})
+ENCODER_THREADS = int(os.environ.get("SPLATCAST_SWEEP_ENCODER_THREADS", "0"))
 """Server processes hosting the sessions: one (``workers=1``) and sharded (``--workers``)."""
 
 
@@ -81,7 +83,7 @@ def cpu_seconds(pids: list[int]) -> float:
 @pytest.mark.parametrize("workers", WORKER_COUNTS)
 def test_concurrent_720p60_sessions(benchmark, workers, sessions):
     async def run() -> dict:
-        config = ServerConfig(fps=60, width=1280, height=720, max_sessions=sessions, sessions_per_address=sessions, idle_timeout=60, workers=workers)
+        config = ServerConfig(fps=60, width=1280, height=720, max_sessions=sessions, sessions_per_address=sessions, idle_timeout=60, workers=workers, encoder_threads=ENCODER_THREADS)
         app = create_app({"sample": load_asset(sample_avatar_path())}, config)
         async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as http:
             url = str(server.make_url("")).rstrip("/")
@@ -112,6 +114,7 @@ def test_concurrent_720p60_sessions(benchmark, workers, sessions):
             return {
                 "sessions": sessions,
                 "workers": workers,
+                "encoder_threads": ENCODER_THREADS,
                 "connected": len(sent),
                 "server_fps_min": round(min(fps), 2) if fps else 0.0,
                 "server_fps_median": round(statistics.median(fps), 2) if fps else 0.0,

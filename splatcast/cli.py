@@ -37,11 +37,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _workers(text: str) -> int:
+def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value or max(1, (os.cpu_count() or 2) // 2)
+    return value
+
+
+def _workers(text: str) -> int:
+    return _non_negative_int(text) or max(1, (os.cpu_count() or 2) // 2)
 
 
 def _load(path: str | None):
@@ -154,6 +158,7 @@ def serve(args: argparse.Namespace) -> int:
         engine_cache=args.engine_cache,
         api_key=args.api_key or os.environ.get("SPLATCAST_API_KEY"),
         workers=args.workers,
+        encoder_threads=args.encoder_threads,
     )
     with console.status(f"preparing {avatar_id} ({len(cloud):,} Gaussians) for streaming"):
         app = create_app({avatar_id: cloud}, config)
@@ -232,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="folder for uploaded and reconstructed avatars (default: a temporary one)")
     p.add_argument("--api-key", help="turn security on (or set SPLATCAST_API_KEY): management calls need it, viewers need tokens")
     p.add_argument("--workers", type=_workers, default=1, help="processes hosting the sessions (0: half the CPU cores)")
+    p.add_argument("--encoder-threads", type=_non_negative_int, default=0, help="threads per session's encoder (0: FFmpeg's choice)")
     _reconstruction_options(p)
     p.set_defaults(run=serve)
 

@@ -62,6 +62,9 @@ class ServerConfig:
     idle_timeout: float = 30.0
     bitrate_bounds: tuple[int, int, int] = (300_000, 3_000_000, 12_000_000)
     """(min, start, max) bits per second; within them the bitrate follows the receiver's REMB."""
+    encoder_threads: int = 0
+    """Threads of each session's encoder (libx264: one slice each); 0 lets FFmpeg choose from the
+    core count, quickest for one session, while many sessions may do better with few each."""
     background: tuple[float, float, float] = (0.08, 0.08, 0.1)
     ice_servers: list[str] = field(default_factory=list)
     """STUN/TURN URLs. Empty by default: aiortc would otherwise ask a public STUN server."""
@@ -265,7 +268,9 @@ class StreamingServer:
         body, avatar, token_id = await self._admit_offer(request)
         ice = [RTCIceServer(url) for url in self.config.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
-        track = AvatarTrack(avatar.default_views(self.config.width, self.config.height), self.config.fps, self.config.bitrate_bounds)
+        track = AvatarTrack(
+            avatar.default_views(self.config.width, self.config.height), self.config.fps, self.config.bitrate_bounds, self.config.encoder_threads
+        )
         transceiver = pc.addTransceiver(track, direction="sendonly")
         transceiver.setCodecPreferences(preferred_video_codecs())
         forward_feedback(transceiver.sender, track)

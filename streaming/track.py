@@ -43,11 +43,13 @@ class AvatarTrack(MediaStreamTrack):
         default_views: Views,
         fps: int = 60,
         bitrate_bounds: tuple[int, int, int] = (300_000, 3_000_000, 12_000_000),
+        encoder_threads: int = 0,
         on_frame: FrameCallback | None = None,
     ) -> None:
         super().__init__()
         self.fps = fps
         self.bitrate_bounds = bitrate_bounds
+        self.encoder_threads = encoder_threads
         self.target_bitrate = bitrate_bounds[1]
         self.on_frame = on_frame
         self.codec_mime: str | None = None
@@ -121,7 +123,7 @@ class AvatarTrack(MediaStreamTrack):
     def encode(self, job: FrameJob, rendered: RenderedFrame) -> tuple[list[av.Packet], dict[str, float]]:
         """Runs on an encoder worker; one at a time per track."""
         if self._encoder is None:
-            self._encoder = VideoEncoder(self.codec_mime, self.fps, self.target_bitrate)
+            self._encoder = VideoEncoder(self.codec_mime, self.fps, self.target_bitrate, self.encoder_threads)
         self._encoder.bitrate = self.target_bitrate
         rendered.frame.pts = job.pts
         start = time.perf_counter()

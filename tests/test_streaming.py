@@ -224,6 +224,15 @@ async def test_receiver_bitrate_estimate_retargets_the_encoder_within_bounds(ser
     await viewer.close()
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+async def test_each_sessions_encoder_runs_the_configured_threads(threads):
+    config = ServerConfig(fps=30, width=WIDTH, height=HEIGHT, encoder_threads=threads)
+    async with TestServer(create_app({"figure": figure_cloud()}, config), host="127.0.0.1") as test_server:
+        viewer, session, _ = await streaming_viewer(test_server, frames=3)
+        assert session.track._encoder._context.thread_count == threads
+        await viewer.close()
+
+
 async def test_vp8_is_the_fallback_when_a_peer_offers_no_h264(server):
     srv = server.app[SERVER_KEY]
     viewer = Viewer(video_codecs=("video/VP8",))
