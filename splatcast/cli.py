@@ -119,8 +119,12 @@ def export(args: argparse.Namespace) -> int:
     report = build_engines(config, args.engine_cache, pipeline_graphs(pipeline))
     table = Table("graph", "engine", "built", "seconds", "relative error vs eager")
     for line in report:
-        table.add_row(line.graph, line.engine, "built" if line.built else "from cache", f"{line.seconds:.1f}", f"{line.relative_error:.2e}")
+        engine = f"{line.engine} (no AOT package)" if "aot_refused" in line.info else line.engine
+        table.add_row(line.graph, engine, "built" if line.built else "from cache", f"{line.seconds:.1f}", f"{line.relative_error:.2e}")
     Console().print(table)
+    for line in report:
+        if "aot_refused" in line.info:
+            console.print(f"[yellow]{line.graph}: AOTInductor package refused, the engine runs without it:[/yellow] {escape(line.info['aot_refused'])}")
     return 0
 
 
