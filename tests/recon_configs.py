@@ -1,6 +1,11 @@
 """Tiny random-initialised configs of the learned reconstruction's real architectures (CPU tests)."""
 
-from splatcast.engine.lrt import LRTConfig
+import cv2
+import numpy as np
+import torch
+from skimage.data import astronaut
+from splatcast.engine.lrt import LatentReconstructionTransformer, LRTConfig
+from splatcast.engine.pipeline import PipelineConfig, ReconstructionPipeline
 from splatcast.engine.synth import SV3DSynthesizer, SynthConfig
 
 TINY_SYNTH = {
@@ -30,3 +35,14 @@ TINY_LRT = LRTConfig(latent_size=8, dims=(32, 64), depths=(1, 1), head_dim=16, p
 
 def tiny_synthesizer(config: SynthConfig = TINY_SYNTH_CONFIG) -> SV3DSynthesizer:
     return SV3DSynthesizer.from_config(config, **TINY_SYNTH).to("cpu")
+
+
+def tiny_pipeline() -> ReconstructionPipeline:
+    """The whole learned pipeline at tiny sizes, with a short body fit and few prior tokens."""
+    torch.manual_seed(0)
+    return ReconstructionPipeline(tiny_synthesizer(), LatentReconstructionTransformer(TINY_LRT), PipelineConfig(fit_steps=10, max_prior_tokens=256))
+
+
+def tiny_photo() -> np.ndarray:
+    """The astronaut portrait at 128 px, enough for the tiny pipeline."""
+    return cv2.resize(astronaut(), (128, 128), interpolation=cv2.INTER_AREA)

@@ -103,12 +103,9 @@ def test_aot_engine_builds_then_loads_from_cache(name, tmp_path):
 
 def gpu_pipeline_and_reference():
     """The tiny pipeline on the GPU in FP32, a photo, and its eager FP32 Gaussians."""
-    import cv2
-    from skimage.data import astronaut
+    from .recon_configs import tiny_photo, tiny_pipeline
 
-    from .test_pipeline_engines import tiny_pipeline
-
-    photo = cv2.resize(astronaut(), (128, 128), interpolation=cv2.INTER_AREA)
+    photo = tiny_photo()
     pipeline = tiny_pipeline()
     pipeline.synthesizer.to("cuda")
     pipeline.lrt.to("cuda")

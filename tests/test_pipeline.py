@@ -2,21 +2,19 @@
 
 import math
 
-import cv2
 import numpy as np
 import pytest
 import roma
 import torch
-from skimage.data import astronaut
 from splatcast.engine.cameras import frame_bounds, intrinsics_from_fov, orbit_camera, single_view
 from splatcast.engine.framing import FILL, frame_person
 from splatcast.engine.images import ImageError
 from splatcast.engine.lrt import LatentReconstructionTransformer, LRTConfig
-from splatcast.engine.pipeline import PipelineConfig, ReconstructionPipeline
+from splatcast.engine.pipeline import ReconstructionPipeline
 from splatcast.engine.prior import BodyFit
 from splatcast.kernels import reference
 
-from .recon_configs import TINY_LRT, tiny_synthesizer
+from .recon_configs import TINY_LRT, tiny_photo, tiny_pipeline
 
 
 def synthetic_fit(width=120, height=160, yaw_deg=30.0, scale=1.3) -> BodyFit:
@@ -86,13 +84,12 @@ def test_orbit_views_circle_the_centre():
 
 @pytest.fixture(scope="module")
 def pipeline():
-    torch.manual_seed(0)
-    return ReconstructionPipeline(tiny_synthesizer(), LatentReconstructionTransformer(TINY_LRT), PipelineConfig(fit_steps=10, max_prior_tokens=256))
+    return tiny_pipeline()
 
 
 @pytest.fixture(scope="module")
 def photo():
-    return cv2.resize(astronaut(), (128, 128), interpolation=cv2.INTER_AREA)
+    return tiny_photo()
 
 
 def test_photo_to_a_renderable_avatar(pipeline, photo):

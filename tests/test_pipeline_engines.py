@@ -3,25 +3,16 @@ of engines that cannot run here). The torch engine's run of the pipeline is in t
 
 import importlib.util
 
-import cv2
 import pytest
 import torch
-from skimage.data import astronaut
-from splatcast.engine.lrt import LatentReconstructionTransformer
-from splatcast.engine.pipeline import PipelineConfig, ReconstructionPipeline
 from splatcast.export import EngineConfig, EngineUnavailableError, MissingDependencyError
 
-from .recon_configs import TINY_LRT, TINY_SYNTH_CONFIG, tiny_synthesizer
-
-
-def tiny_pipeline() -> ReconstructionPipeline:
-    torch.manual_seed(0)
-    return ReconstructionPipeline(tiny_synthesizer(), LatentReconstructionTransformer(TINY_LRT), PipelineConfig(fit_steps=10, max_prior_tokens=256))
+from .recon_configs import TINY_SYNTH_CONFIG, tiny_photo, tiny_pipeline
 
 
 @pytest.fixture(scope="module")
 def photo():
-    return cv2.resize(astronaut(), (128, 128), interpolation=cv2.INTER_AREA)
+    return tiny_photo()
 
 
 def assert_same_clouds(clouds, expected):
