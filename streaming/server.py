@@ -228,6 +228,10 @@ class StreamingServer:
             raise web.HTTPNotFound(text=f"unknown avatar {avatar_id!r}")
         return avatar
 
+    async def _offered_avatar(self, avatar_id: str | None) -> Avatar:
+        """The avatar an offer asks for (``_avatar``); a hook for servers that learn of avatars late."""
+        return self._avatar(avatar_id)
+
     async def healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "sessions": len(self.sessions), "max_sessions": self.config.max_sessions})
 
@@ -258,7 +262,7 @@ class StreamingServer:
         avatar_id = body.get("avatar")
         if avatar_id is not None and not isinstance(avatar_id, str):
             raise web.HTTPBadRequest(text="avatar must be a string id")
-        avatar = self._avatar(avatar_id)
+        avatar = await self._offered_avatar(avatar_id)
         viewer = self.authority.check_viewer(body.get("token"), avatar.id)
         token_id = viewer.token_id if viewer is not None else None
         self.sessions.reserve(token_id, request.remote)

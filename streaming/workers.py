@@ -23,7 +23,7 @@ from aiohttp import web
 
 from ..engine.formats import load_asset
 from .avatar_store import UnknownAvatar
-from .server import ASSIGNED_SESSION_ID, ServerConfig, StreamingServer
+from .server import ASSIGNED_SESSION_ID, Avatar, ServerConfig, StreamingServer
 
 logger = logging.getLogger(__name__)
 
@@ -60,25 +60,17 @@ class WorkerServer(StreamingServer):
     async def _startup(self, _app: web.Application) -> None:
         """Nothing to recover: the front did, and runs the reconstruction jobs."""
 
-    async def offer(self, request: web.Request) -> web.Response:
-        await self._load_new_avatar(request)
-        return await super().offer(request)
-
-    async def _load_new_avatar(self, request: web.Request) -> None:
-        try:
-            body = await request.json()
-        except ValueError:
-            return  # the offer handler answers it
-        avatar_id = body.get("avatar") if isinstance(body, dict) else None
-        if not isinstance(avatar_id, str) or avatar_id in self.avatars:
-            return
-        try:
-            ready = self.store.get(avatar_id).status == "ready"
-        except UnknownAvatar:
-            return
-        if ready:
-            cloud = await asyncio.get_running_loop().run_in_executor(None, self.store.load, avatar_id)
-            self._add_avatar(avatar_id, cloud)
+    async def _offered_avatar(self, avatar_id: str | None) -> Avatar:
+        """An avatar that became ready in the store after this worker started is loaded now."""
+        if avatar_id is not None and avatar_id not in self.avatars:
+            try:
+                ready = self.store.get(avatar_id).status == "ready"
+            except UnknownAvatar:
+                ready = False
+            if ready:
+                cloud = await asyncio.get_running_loop().run_in_executor(None, self.store.load, avatar_id)
+                self._add_avatar(avatar_id, cloud)
+        return self._avatar(avatar_id)
 
 
 def front_only(secret: str):
