@@ -24,8 +24,13 @@ StageReport = Callable[[str], None]
 
 
 def reconstruction_device() -> str:
-    """Where the learned pipeline runs: the CUDA GPU if there is one (in FP16), else the CPU (FP32)."""
+    """Where the learned pipeline runs: the CUDA GPU if there is one, else the CPU."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def reconstruction_dtype(device: str) -> torch.dtype:
+    """FP16 on the GPU; FP32 on the CPU, where half precision is slow and loses accuracy."""
+    return torch.float16 if device == "cuda" else torch.float32
 
 
 def engine_config(engine: EngineConfig | str | None = None) -> EngineConfig:
@@ -66,11 +71,10 @@ def reconstruct_photo(
 
         report("loading checkpoints")
         device = reconstruction_device()
-        dtype = torch.float16 if device == "cuda" else torch.float32
         pipeline = ReconstructionPipeline.from_checkpoints(
             checkpoints,
             device=device,
-            dtype=dtype,
+            dtype=reconstruction_dtype(device),
             body_model=body_model,
             engine=engine_config(engine),
             engine_cache=engine_cache or default_engine_cache(),

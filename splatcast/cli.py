@@ -102,25 +102,23 @@ def reconstruct(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
-    import torch
-
     from .engine.pipeline import ReconstructionPipeline
-    from .engine.reconstruct import reconstruction_device
+    from .engine.reconstruct import reconstruction_device, reconstruction_dtype
     from .export.build import EngineConfig, build_engines, check_engine, default_engine, pipeline_graphs
 
     if not args.checkpoints:
         raise SystemExit("splatcast export needs --checkpoints (or SPLATCAST_CHECKPOINTS): engines are built from real weights")
     device = reconstruction_device()
-    dtype = torch.float16 if device == "cuda" else torch.float32
     config = EngineConfig(args.engine or default_engine(), fp8=args.fp8)
     check_engine(config, device)
     with _checkpoint_errors(), console.status(f"loading the pipeline from {args.checkpoints}"):
-        pipeline = ReconstructionPipeline.from_checkpoints(args.checkpoints, device=device, dtype=dtype)
+        pipeline = ReconstructionPipeline.from_checkpoints(args.checkpoints, device=device, dtype=reconstruction_dtype(device))
     report = build_engines(config, args.engine_cache, pipeline_graphs(pipeline))
     table = Table("graph", "engine", "built", "seconds", "relative error vs eager")
     for line in report:
         engine = f"{line.engine} (no AOT package)" if "aot_refused" in line.info else line.engine
-        table.add_row(line.graph, engine, "built" if line.built else "from cache", f"{line.seconds:.1f}", f"{line.relative_error:.2e}")
+        built = "built" if line.built else "from cache" if line.engine != "eager" else "nothing to build"
+        table.add_row(line.graph, engine, built, f"{line.seconds:.1f}", f"{line.relative_error:.2e}")
     Console().print(table)
     for line in report:
         if "aot_refused" in line.info:

@@ -99,3 +99,11 @@ def test_a_bad_architecture_file_is_a_one_line_error(checkpoints, photo, tmp_pat
         main(["reconstruct", str(photo), "-o", str(tmp_path / "avatar.ply"), "--checkpoints", str(folder), "--engine", "eager"])
     assert exit_info.value.code == 2
     assert "architecture.json does not describe the networks" in one_line_error(capsys)
+
+
+def test_export_reports_each_graphs_engine_and_its_error(checkpoints, tmp_path, capsys):
+    assert main(["export", "--checkpoints", str(checkpoints), "--engine", "eager", "--engine-cache", str(tmp_path)]) == 0
+    report = capsys.readouterr().out
+    for graph in ("synth_step", "lrt"):
+        (row,) = [line for line in report.splitlines() if graph in line and "│" in line]  # the table's row
+        assert "eager" in row and "nothing to build" in row and "0.00e+00" in row, row
