@@ -34,8 +34,9 @@ VIEWER_SECONDS = 16.0
 """Each viewer's run: long enough to connect, settle, and outlast the server's measuring window."""
 WINDOW_SECONDS = 4.0
 WORKER_COUNTS = sorted({int(w) for w in os.environ.get("SPLATCAST_SWEEP_WORKERS", f"1,{min((os.cpu_count() or 2) // 2, 8)}").split(",")})
-ENCODER_THREADS = int(os.environ.get("SPLATCAST_SWEEP_ENCODER_THREADS", "0"))
 """Server processes hosting the sessions: one (``workers=1``) and sharded (``--workers``)."""
+ENCODER_THREADS = int(os.environ.get("SPLATCAST_SWEEP_ENCODER_THREADS", "0"))
+"""Each session's encoder threads (``--encoder-threads``; 0: FFmpeg's choice)."""
 
 
 async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, list]:
