@@ -3,10 +3,10 @@ process so that the server is what gets measured.
 
 Per N and per server layout (one process, or sharded over worker processes; set
 ``SPLATCAST_SWEEP_WORKERS=1,8`` to choose, default 1 and min(cores / 2, 8); each session's
-encoder threads from ``SPLATCAST_SWEEP_ENCODER_THREADS``, default 0, FFmpeg's choice): delivered fps per
+encoder threads from ``SPLATCAST_SWEEP_ENCODER_THREADS``, default 0: the server's default, each session's share of the cores): delivered fps per
 session (server side, min and median; and what each viewer decoded), viewers' pose -> decoded
 latency, the server's pose -> encoded p99 (upper edge of its histogram bucket), GPU time per
-render call, and the server processes' CPU use, all read from the server's ``/metrics``. Plot with
+render call, and the CPU use of the server processes and of the viewers (which share the host), all read from the server's ``/metrics``. Plot with
 ``python benchmarks/plot_sessions.py benchmarks/results/sessions-<device>.json``.
 
     python -m pytest benchmarks/test_sessions_gpu.py --benchmark-json=benchmarks/results/sessions-<device>.json
@@ -36,7 +36,7 @@ WINDOW_SECONDS = 4.0
 WORKER_COUNTS = sorted({int(w) for w in os.environ.get("SPLATCAST_SWEEP_WORKERS", f"1,{min((os.cpu_count() or 2) // 2, 8)}").split(",")})
 """Server processes hosting the sessions: one (``workers=1``) and sharded (``--workers``)."""
 ENCODER_THREADS = int(os.environ.get("SPLATCAST_SWEEP_ENCODER_THREADS", "0"))
-"""Each session's encoder threads (``--encoder-threads``; 0: FFmpeg's choice)."""
+"""Each session's encoder threads (``--encoder-threads``; 0: the server's default)."""
 
 
 async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, list]:
@@ -71,13 +71,18 @@ def histogram_quantile(samples: dict[str, list], name: str, q: float) -> float |
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of this process (the server or its front) and of ``pids`` (workers)."""
+    """User + system CPU time of the processes ``pids``."""
     ticks = 0
     for pid in pids:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return time.process_time() + ticks / os.sysconf("SC_CLK_TCK")
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_seconds(worker_pids: list[int]) -> float:
+    """This process (the server, or the front of a sharded one) and its workers."""
+    return time.process_time() + cpu_seconds(worker_pids)
 
 
 @pytest.mark.parametrize("sessions", [1, 2, 4, 8, 16, 32, 64])
@@ -102,11 +107,13 @@ def test_concurrent_720p60_sessions(benchmark, workers, sessions):
                 if len(sent) == sessions and all(n > 30 for n in sent.values()):
                     break
                 await asyncio.sleep(0.1)
-            cpu, wall = cpu_seconds(worker_pids), time.monotonic()
+            viewer_pids = [v.pid for v in viewers]
+            cpu, viewer_cpu, wall = server_cpu_seconds(worker_pids), cpu_seconds(viewer_pids), time.monotonic()
             await asyncio.sleep(WINDOW_SECONDS)
             after = await scrape(http, url)
             wall = time.monotonic() - wall
-            cpu_use = (cpu_seconds(worker_pids) - cpu) / wall
+            cpu_use = (server_cpu_seconds(worker_pids) - cpu) / wall
+            viewer_cpu_use = (cpu_seconds(viewer_pids) - viewer_cpu) / wall
             now = frames_per_session(after)
             fps = [(now[key] - n) / wall for key, n in sent.items() if key in now]
             renders = total(after, "splatcast_render_seconds_count") - total(before, "splatcast_render_seconds_count")
@@ -126,6 +133,7 @@ def test_concurrent_720p60_sessions(benchmark, workers, sessions):
                 "render_ms_per_tick_mean": round(1e3 * render_s / renders, 3) if renders else None,
                 "ticks_per_s": round(renders / wall, 1),
                 "server_cpu_cores_busy": round(cpu_use, 2),
+                "viewer_cpu_cores_busy": round(viewer_cpu_use, 2),
                 "cpu_cores": os.cpu_count(),
             }
 

@@ -226,6 +226,9 @@ class CudaRasterizer:
         self._plans: OrderedDict[tuple, _Plan] = OrderedDict()
         self._packed: tuple[GaussianCloud, tuple, PackedCloud] | None = None
         self._total_host = torch.zeros(1, dtype=torch.int64, pin_memory=True)
+        # The host sleeps while it waits for a frame instead of spinning: a server's render
+        # threads share the cores with its encoders.
+        self._frame_done = torch.cuda.Event(blocking=True)
         self.passes = 0
         """Passes of the last call: 1, or the number of chunks of a call past ``max_pairs``."""
 
@@ -414,8 +417,12 @@ class CudaRasterizer:
 
     def _finish(self, plan: _Plan) -> int:
         """Wait for the frame; return the pairs it made, the one number the host reads."""
-        torch.cuda.current_stream().synchronize()
+        self._wait()
         return int(self._total_host[0]) if plan.num_views * plan.num_gaussians > 0 else 0
+
+    def _wait(self) -> None:
+        self._frame_done.record()
+        self._frame_done.synchronize()
 
     def _render_in_chunks(self, plan: _Plan, total: int) -> None:
         """A frame of more than ``max_pairs`` pairs: consecutive ranges of the depth-ordered pair
@@ -463,6 +470,6 @@ class CudaRasterizer:
         host = torch.empty(plan.i420.numel(), dtype=torch.uint8, pin_memory=True)
         with torch.cuda.device(self.device):
             self._ext.copy(host, plan.i420)
-            torch.cuda.current_stream().synchronize()
+            self._wait()
         rows = views.height * 3 // 2
         return [host[offset : offset + rows * width].view(rows, width) for offset, width in plan.frame_spans]

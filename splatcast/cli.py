@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="folder for uploaded and reconstructed avatars (default: a temporary one)")
     p.add_argument("--api-key", help="turn security on (or set SPLATCAST_API_KEY): management calls need it, viewers need tokens")
     p.add_argument("--workers", type=_workers, default=1, help="processes hosting the sessions (0: half the CPU cores)")
-    p.add_argument("--encoder-threads", type=_non_negative_int, default=0, help="threads per session's encoder (0: FFmpeg's choice)")
+    p.add_argument("--encoder-threads", type=_non_negative_int, default=0, help="threads per session's encoder (0: its share of the cores at --max-sessions)")
     _reconstruction_options(p)
     p.set_defaults(run=serve)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -35,10 +36,14 @@ class RenderLoop:
         self._render_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="splatcast-render")
         self._encode_pool = ThreadPoolExecutor(max_workers=encode_workers or os.cpu_count() or 2, thread_name_prefix="splatcast-encode")
         self._tracks: dict[AvatarTrack, FrameRenderer] = {}
+        # The frame slots of this loop's sessions: shared, so that due frames batch on one tick;
+        # random, so that the loops of a sharded server's workers do not all tick at once.
+        self.slot_phase = random.random()
         self._task: asyncio.Task | None = None
         self.ticks = 0
 
     def add(self, track: AvatarTrack, renderer: FrameRenderer) -> None:
+        track.slot_phase = self.slot_phase
         self._tracks[track] = renderer
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="splatcast-render-loop")

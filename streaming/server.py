@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -63,8 +64,9 @@ class ServerConfig:
     bitrate_bounds: tuple[int, int, int] = (300_000, 3_000_000, 12_000_000)
     """(min, start, max) bits per second; within them the bitrate follows the receiver's REMB."""
     encoder_threads: int = 0
-    """Threads of each session's encoder (libx264: one slice each); 0 lets FFmpeg choose from the
-    core count, quickest for one session, while many sessions may do better with few each."""
+    """Threads of each session's encoder (libx264: one slice each); 0: the session's share of
+    the cores when ``max_sessions`` stream, at least one. More threads cut one frame's encode
+    time but cost more CPU per frame, which a full server cannot spare."""
     background: tuple[float, float, float] = (0.08, 0.08, 0.1)
     ice_servers: list[str] = field(default_factory=list)
     """STUN/TURN URLs. Empty by default: aiortc would otherwise ask a public STUN server."""
@@ -87,6 +89,9 @@ class ServerConfig:
     workers: int = 1
     """Processes that host sessions; 1: this process. More spread the per-session network work
     (aiortc's RTP, SRTP, SCTP in Python) over that many event loops sharing the GPU."""
+
+    def session_encoder_threads(self) -> int:
+        return self.encoder_threads or max(1, (os.cpu_count() or 1) // self.max_sessions)
 
 
 @dataclass(frozen=True, eq=False)
@@ -273,7 +278,7 @@ class StreamingServer:
         ice = [RTCIceServer(url) for url in self.config.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
         track = AvatarTrack(
-            avatar.default_views(self.config.width, self.config.height), self.config.fps, self.config.bitrate_bounds, self.config.encoder_threads
+            avatar.default_views(self.config.width, self.config.height), self.config.fps, self.config.bitrate_bounds, self.config.session_encoder_threads()
         )
         transceiver = pc.addTransceiver(track, direction="sendonly")
         transceiver.setCodecPreferences(preferred_video_codecs())

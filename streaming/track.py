@@ -9,6 +9,7 @@ never dropped (later frames reference it), an unrendered slot is, so nothing que
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -61,6 +62,9 @@ class AvatarTrack(MediaStreamTrack):
         self._pose: PoseRequest | None = None
         self._keyframe_requested = False
         self._encoder: VideoEncoder | None = None
+        self.slot_phase = 0.0
+        """Frame slots fall at ``slot_phase + k / fps``: a render loop gives all its tracks one
+        phase, so that their frames come due on the same tick and render in one batch."""
         self._start: float | None = None
         self._next_slot = 0.0
         self._busy = False
@@ -106,13 +110,15 @@ class AvatarTrack(MediaStreamTrack):
         return True
 
     def _advance_slot(self, now: float) -> None:
-        self._next_slot += 1 / self.fps
-        if now - self._next_slot > 1 / self.fps:
-            self._next_slot = now + 1 / self.fps  # behind: skip the missed slots, never queue them
+        # The first slot after ``now``: when the loop ran late, the frame made now stands for
+        # the slots missed, which are skipped, never queued. (1e-6: a tick on a slot, up to
+        # rounding, is that slot's.)
+        slots_since_phase = math.floor((now - self.slot_phase) * self.fps + 1e-6)
+        self._next_slot = self.slot_phase + (slots_since_phase + 1) / self.fps
 
     def take_job(self, now: float) -> FrameJob:
         if self._start is None:
-            self._start = self._next_slot = now
+            self._start = now
         pts = int((now - self._start) * RTP_CLOCK)
         self._advance_slot(now)
         pose, keyframe = self._pose, self._keyframe_requested

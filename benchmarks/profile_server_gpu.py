@@ -1,0 +1,131 @@
+"""Where a streaming server's CPU goes, for the session sweep (issue 6).
+
+    python benchmarks/profile_server_gpu.py OUT_DIR [--sessions 8] [--encoder-threads 0,1] [--py-spy]
+
+For each encoder-thread setting: one ``splatcast serve`` process (no workers) at 720p60 with
+``--sessions`` viewer processes, and over a measuring window the server's CPU per thread (the
+busiest threads first; the event loop is one of them, and it holds the GIL), its delivered fps
+and the viewers' CPU. With ``--py-spy`` the last setting also runs under ``py-spy record``
+(native frames, every thread), whose collapsed stacks go to OUT_DIR for reading.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+WINDOW_S = 8.0
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def thread_ticks(pid: int) -> dict[int, int]:
+    """utime + stime of each thread of ``pid``."""
+    ticks = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        ticks[int(task.name)] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def process_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15])  # own and reaped children's utime, stime
+
+
+def frames_sent(url: str) -> float:
+    text = urllib.request.urlopen(f"{url}/metrics").read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("splatcast_frames_total{"))
+
+
+def summarize(stacks: Path, top: int = 45) -> None:
+    """py-spy's collapsed stacks -> the busiest frames, self and inclusive, beside them as text."""
+    own, inclusive, per_thread, total = Counter(), Counter(), Counter(), 0
+    for line in stacks.read_text().splitlines():
+        path, _, count = line.rpartition(" ")
+        frames, n = path.split(";"), int(count)
+        total += n
+        per_thread[frames[0]] += n
+        own[frames[-1]] += n
+        for frame in set(frames[1:]):
+            inclusive[frame] += n
+    lines = [f"{total} samples"]
+    for title, counter in (("threads", per_thread), ("self", own), ("inclusive", inclusive)):
+        lines.append(f"--- {title}")
+        lines += [f"{100 * n / total:6.1f}%  {frame[:160]}" for frame, n in counter.most_common(top)]
+    stacks.with_suffix(".txt").write_text("\n".join(lines) + "\n")
+
+
+def measure(args: argparse.Namespace, threads: int, profile_to: Path | None) -> dict:
+    port = 8090 + threads
+    url = f"http://127.0.0.1:{port}"
+    serve = [sys.executable, "-m", "splatcast.cli", "serve", "--port", str(port), "--width", "1280", "--height", "720",
+             "--max-sessions", str(args.sessions), "--idle-timeout", "60", "--encoder-threads", str(threads)]
+    log = args.out / f"server-{args.sessions}-t{threads}.log"
+    with log.open("w") as sink:
+        server = subprocess.Popen(serve, stdout=sink, stderr=subprocess.STDOUT)
+    while "streaming" not in log.read_text():
+        if server.poll() is not None:
+            raise RuntimeError(f"server did not start:\n{log.read_text()}")
+        time.sleep(0.2)
+    pid = server.pid
+    viewers = [subprocess.Popen([sys.executable, "-m", "splatcast.streaming.viewer", url, "--seconds", str(2 * WINDOW_S + 12)],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(args.sessions)]
+    time.sleep(6.0)  # connected and settled
+    before_threads, before_frames = thread_ticks(pid), frames_sent(url)
+    before_viewers = sum(process_ticks(v.pid) for v in viewers)
+    start = time.monotonic()
+    time.sleep(WINDOW_S)
+    wall = time.monotonic() - start
+    after_threads, after_frames = thread_ticks(pid), frames_sent(url)
+    after_viewers = sum(process_ticks(v.pid) for v in viewers)
+    if profile_to is not None:  # after the clean window: sampling slows the server down
+        subprocess.run(["py-spy", "record", "--native", "--threads", "-r", "100", "-f", "raw", "-o", str(profile_to),
+                        "-d", str(int(WINDOW_S)), "--pid", str(pid)], capture_output=True)
+        summarize(profile_to)
+    busy = sorted(((after_threads[t] - before_threads.get(t, 0)) / TICKS / wall for t in after_threads), reverse=True)
+    reports = [json.loads(v.communicate()[0].strip().splitlines()[-1]) for v in viewers]
+    server.terminate()
+    server.wait(30)
+    return {
+        "sessions": args.sessions,
+        "encoder_threads": threads,
+        "server_fps_per_session": round((after_frames - before_frames) / wall / args.sessions, 2),
+        "server_cores_busy": round(sum(busy), 2),
+        "server_threads": len(busy),
+        "busiest_threads_cores": [round(b, 3) for b in busy[:12]],
+        "viewer_cores_busy": round((after_viewers - before_viewers) / TICKS / wall, 2),
+        "viewer_fps": sorted(r["fps"] for r in reports),
+        "viewer_latency_ms_p50": sorted(r["latency_ms_p50"] for r in reports if r["latency_ms_p50"] is not None),
+        "profile": profile_to.name if profile_to else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--sessions", type=int, default=8)
+    parser.add_argument("--encoder-threads", default="0,1")
+    parser.add_argument("--py-spy", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    settings = [int(t) for t in args.encoder_threads.split(",")]
+    results = []
+    for i, threads in enumerate(settings):
+        spy = args.py_spy and shutil.which("py-spy") is not None and i == len(settings) - 1
+        result = measure(args, threads, args.out / f"server-{args.sessions}-t{threads}.stacks" if spy else None)
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    (args.out / f"server-profile-{args.sessions}.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

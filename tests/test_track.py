@@ -1,0 +1,56 @@
+"""Frame pacing of a session's track: slots on a grid shared by a render loop's tracks, missed
+slots skipped rather than queued."""
+
+import pytest
+
+from splatcast.engine.cameras import intrinsics_from_fov, orbit_camera, single_view
+from splatcast.streaming.track import AvatarTrack
+
+FPS = 60
+PERIOD = 1 / FPS
+
+
+def track(phase: float) -> AvatarTrack:
+    t = AvatarTrack(single_view(orbit_camera(0.0, 0.0, 3.0), intrinsics_from_fov(40.0, 64, 48), 64, 48), fps=FPS)
+    t.codec_mime = "video/h264"
+    t.slot_phase = phase
+    return t
+
+
+def finish(t: AvatarTrack) -> None:
+    """What aiortc's ``recv`` does once the encoded frame is handed over: the track is free again."""
+    t._busy = False
+
+
+async def test_tracks_of_one_loop_come_due_together():
+    phase = 0.37
+    first, second = track(phase), track(phase)
+    first.take_job(1000.004)  # joined mid-slot ...
+    second.take_job(1000.011)  # ... and another one later
+    finish(first), finish(second)
+    assert first.next_slot() == pytest.approx(second.next_slot(), abs=1e-9)
+    slot = first.next_slot()
+    assert 0 < slot - 1000.011 <= PERIOD
+    assert (slot - phase) * FPS == pytest.approx(round((slot - phase) * FPS), abs=1e-6)
+    assert not first.ready(slot - 1e-4) and first.ready(slot) and second.ready(slot)
+
+
+async def test_a_late_loop_makes_one_late_frame_and_skips_the_rest():
+    t = track(0.0)
+    t.take_job(10.0)
+    finish(t)
+    late = 10.0 + 3.5 * PERIOD  # slots 1, 2 and 3 have passed
+    assert t.ready(late)
+    t.take_job(late)
+    finish(t)
+    assert t.next_slot() == pytest.approx(10.0 + 4 * PERIOD)  # the late frame stood for slots 1-3; on to 4
+    assert not t.ready(late + 0.1 * PERIOD)
+
+
+async def test_a_busy_track_skips_its_slot():
+    t = track(0.0)
+    t.take_job(20.0)  # not finished: still encoding or unsent
+    slot = t.next_slot()
+    assert not t.ready(slot)
+    assert t.frames_skipped == 1
+    assert t.next_slot() == pytest.approx(slot + PERIOD)
