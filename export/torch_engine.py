@@ -12,7 +12,9 @@ Built from a ``Graph`` in four steps, each of which can be switched off to measu
    torch builds loading one crashes the process (seen on a GPU image with torch 2.11), and a
    crash there must cost a warning, not the server. A package that fails that check is not
    kept; the cache entry records the refusal instead (so the next start does not spend minutes
-   compiling it again) and the engine runs without step 3.
+   compiling it again), and the engine compiles the graph just in time with ``torch.compile``
+   instead, its Inductor artifacts (generated kernels, autotuning results) kept in a cache
+   entry of their own so that later starts skip code generation and autotuning.
 4. CUDA-graph capture of the whole call, replayed on every step: one launch instead of
    thousands, inputs copied into the captured buffers.
 """
@@ -30,7 +32,7 @@ from pathlib import Path
 import torch
 
 from .cache import EngineCache, EngineKey, state_dict_digest
-from .errors import EngineUnavailableError
+from .errors import EngineError, EngineUnavailableError
 from .fp8 import MIN_FEATURES, check_fp8_support, quantize_linears
 from .graphs import Engine, Graph
 
@@ -39,6 +41,8 @@ logger = logging.getLogger(__name__)
 PACKAGE = "model.pt2"
 REFUSED = "refused.json"
 """Written instead of the package when the built package failed its out-of-process check."""
+INDUCTOR_ARTIFACTS = "inductor-artifacts.bin"
+"""``torch.compiler.save_cache_artifacts``'s bytes: what a later start loads before compiling."""
 PROBE_TIMEOUT_S = 600
 _PROBE = """
 import json, sys, torch
@@ -77,6 +81,31 @@ def aot_compile(graph: Graph, folder: Path) -> None:
     if refusal is not None:
         (folder / PACKAGE).unlink()
         (folder / REFUSED).write_text(json.dumps({"reason": refusal, "torch": torch.__version__}))
+
+
+def compile_with_cached_artifacts(graph: Graph, cache: EngineCache, key: EngineKey) -> tuple[Callable, bool]:
+    """``torch.compile`` of ``graph.module`` and whether this call compiled it from scratch.
+
+    The first time, the graph is compiled and run once at its shapes, and the Inductor artifacts
+    go to the cache; later, they are loaded first, so that compiling finds its kernels and
+    autotuning results instead of regenerating them (Dynamo still traces the module).
+    """
+    compiled = torch.compile(graph.module, dynamic=False)
+
+    def build(folder: Path) -> None:
+        with torch.no_grad():
+            compiled(*graph.inputs.values())
+        saved = torch.compiler.save_cache_artifacts()
+        if saved is None:
+            raise EngineError(f"{graph.name}: torch.compile left no artifacts to cache")
+        (folder / INDUCTOR_ARTIFACTS).write_bytes(saved[0])
+
+    entry, built = cache.get_or_build(key, build)
+    if not built:
+        torch.compiler.load_cache_artifacts(entry.file(INDUCTOR_ARTIFACTS).read_bytes())
+        with torch.no_grad():  # compile now, not on the first request
+            compiled(*graph.inputs.values())
+    return compiled, built
 
 
 class CUDAGraphCall:
@@ -129,7 +158,8 @@ def build_torch_engine(
     """The PyTorch engine for ``graph`` on the graph's device.
 
     With a ``cache`` the graph is compiled ahead of time (AOTInductor) into it, or loaded from
-    it; without one it runs eagerly in ``dtype`` (and FP8), captured in a CUDA graph.
+    it (or, where such packages are refused here, compiled with ``torch.compile`` and its
+    artifacts cached); without one it runs eagerly in ``dtype`` (and FP8), captured in a CUDA graph.
     ``fp8`` runs Linear layers at least ``fp8_min_features`` wide in FP8 (``fp8.py``).
     ``weights`` identifies the model's weights in the cache key (a checkpoint digest, say);
     by default the module's state dict is hashed. CUDA graphs and FP8 need a CUDA device.
@@ -137,7 +167,7 @@ def build_torch_engine(
     device = graph.device
     check_torch_engine(device, fp8=fp8, cuda_graph=cuda_graph)
     aot = cache is not None
-    info: dict = {"engine": "torch", "dtype": str(dtype).removeprefix("torch."), "fp8": fp8, "aot": aot, "cuda_graph": cuda_graph}
+    info: dict = {"engine": "torch", "dtype": str(dtype).removeprefix("torch."), "fp8": fp8, "aot": aot, "compiled": False, "cuda_graph": cuda_graph}
     start = time.perf_counter()
     if aot:
         weights = weights or state_dict_digest(graph.module)
@@ -153,7 +183,10 @@ def build_torch_engine(
         info["cache_s"] = round(time.perf_counter() - lookup, 3)
         if entry.file(REFUSED).exists():
             info["aot"], info["aot_refused"] = False, json.loads(entry.file(REFUSED).read_text())["reason"]
-            logger.warning("%s: running without the AOTInductor package: %s", graph.name, info["aot_refused"])
+            logger.warning("%s: AOTInductor package refused, compiling with torch.compile instead: %s", graph.name, info["aot_refused"])
+            compile_key = EngineKey.for_graph(typed, "torch-compile", weights, fp8=fp8 and fp8_min_features)
+            run, compiled_now = compile_with_cached_artifacts(typed, cache, compile_key)
+            info["compiled"], info["built"] = True, info["built"] or compiled_now
         else:
             load = time.perf_counter()
             run = torch._inductor.aoti_load_package(str(entry.file(PACKAGE)))

@@ -116,13 +116,13 @@ def export(args: argparse.Namespace) -> int:
     report = build_engines(config, args.engine_cache, pipeline_graphs(pipeline))
     table = Table("graph", "engine", "built", "seconds", "relative error vs eager")
     for line in report:
-        engine = f"{line.engine} (no AOT package)" if "aot_refused" in line.info else line.engine
+        engine = f"{line.engine} (torch.compile)" if line.info.get("compiled") else line.engine
         built = "built" if line.built else "from cache" if line.engine != "eager" else "nothing to build"
         table.add_row(line.graph, engine, built, f"{line.seconds:.1f}", f"{line.relative_error:.2e}")
     Console().print(table)
     for line in report:
         if "aot_refused" in line.info:
-            console.print(f"[yellow]{line.graph}: AOTInductor package refused, the engine runs without it:[/yellow] {escape(line.info['aot_refused'])}")
+            console.print(f"[yellow]{line.graph}: AOTInductor package refused, the engine runs torch.compile instead:[/yellow] {escape(line.info['aot_refused'])}")
     return 0
 
 
