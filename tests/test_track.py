@@ -1,9 +1,11 @@
 """Frame pacing of a session's track: slots on a grid shared by a render loop's tracks, missed
 slots skipped rather than queued."""
 
+import av
 import pytest
 
 from splatcast.engine.cameras import intrinsics_from_fov, orbit_camera, single_view
+from splatcast.streaming.encoders import TIME_BASE
 from splatcast.streaming.track import AvatarTrack
 
 FPS = 60
@@ -17,17 +19,19 @@ def track(phase: float) -> AvatarTrack:
     return t
 
 
-def finish(t: AvatarTrack) -> None:
-    """What aiortc's ``recv`` does once the encoded frame is handed over: the track is free again."""
-    t._busy = False
+async def finish(t: AvatarTrack, job) -> None:
+    """The frame encoded, handed over and taken by aiortc's sender: the track is free again."""
+    packet = av.Packet(b"\x00\x00\x00\x01")
+    packet.time_base = TIME_BASE
+    t.deliver(job, [packet], {})
+    await t.recv()
 
 
 async def test_tracks_of_one_loop_come_due_together():
     phase = 0.37
     first, second = track(phase), track(phase)
-    first.take_job(1000.004)  # joined mid-slot ...
-    second.take_job(1000.011)  # ... and another one later
-    finish(first), finish(second)
+    await finish(first, first.take_job(1000.004))  # joined mid-slot ...
+    await finish(second, second.take_job(1000.011))  # ... and another one later
     assert first.next_slot() == pytest.approx(second.next_slot(), abs=1e-9)
     slot = first.next_slot()
     assert 0 < slot - 1000.011 <= PERIOD
@@ -37,12 +41,10 @@ async def test_tracks_of_one_loop_come_due_together():
 
 async def test_a_late_loop_makes_one_late_frame_and_skips_the_rest():
     t = track(0.0)
-    t.take_job(10.0)
-    finish(t)
+    await finish(t, t.take_job(10.0))
     late = 10.0 + 3.5 * PERIOD  # slots 1, 2 and 3 have passed
     assert t.ready(late)
-    t.take_job(late)
-    finish(t)
+    await finish(t, t.take_job(late))
     assert t.next_slot() == pytest.approx(10.0 + 4 * PERIOD)  # the late frame stood for slots 1-3; on to 4
     assert not t.ready(late + 0.1 * PERIOD)
 
