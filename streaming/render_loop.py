@@ -40,7 +40,6 @@ class RenderLoop:
         # random, so that the loops of a sharded server's workers do not all tick at once.
         self.slot_phase = random.random()
         self._task: asyncio.Task | None = None
-        self.ticks = 0
 
     def add(self, track: AvatarTrack, renderer: FrameRenderer) -> None:
         track.slot_phase = self.slot_phase
@@ -58,29 +57,31 @@ class RenderLoop:
         loop = asyncio.get_running_loop()
         while self._tracks:
             now = time.monotonic()
-            batches: dict[tuple, list[AvatarTrack]] = defaultdict(list)
+            # Every due track's job is taken now, before any await: a pose arriving during one
+            # batch's render must not move a track into a batch of another view size.
+            batches: dict[tuple, list[tuple[AvatarTrack, FrameJob]]] = defaultdict(list)
             for track, renderer in list(self._tracks.items()):
                 if track.readyState != "live":  # its session ended
                     del self._tracks[track]
                 elif track.ready(now):
-                    batches[(renderer, *track.view_size)].append(track)
+                    job = track.take_job(now)
+                    batches[(renderer, job.views.width, job.views.height)].append((track, job))
             if not batches:
                 upcoming = min((t.next_slot() for t in self._tracks), default=now)
                 await asyncio.sleep(min(max(upcoming - now, MIN_SLEEP_S), IDLE_SLEEP_S))
                 continue
-            self.ticks += 1
-            for (renderer, *_), tracks in batches.items():
-                jobs = [track.take_job(now) for track in tracks]
-                views = Views.concat([job.views for job in jobs])
+            for (renderer, *_), batch in batches.items():
+                jobs = [job for _, job in batch]
                 try:
+                    views = Views.concat([job.views for job in jobs])
                     frames = await loop.run_in_executor(self._render_executor, renderer.render, views, [len(job.views) for job in jobs])
                 except Exception as error:  # a render failure ends these streams, not the server
-                    logger.exception("render failed for %d sessions", len(tracks))
-                    for track in tracks:
+                    logger.exception("render failed for %d sessions", len(batch))
+                    for track, _ in batch:
                         track.fail(error)
                     continue
                 self.metrics.render.observe(frames[0].render_ms / 1e3)
-                for track, job, frame in zip(tracks, jobs, frames):
+                for (track, job), frame in zip(batch, frames):
                     self._encode(loop, track, job, frame)
 
     def _encode(self, loop: asyncio.AbstractEventLoop, track: AvatarTrack, job: FrameJob, frame) -> None:

@@ -1,8 +1,9 @@
 """The HTTP + WebRTC front door: web client, ``POST /offer``, ``GET /scene``, ``GET /healthz``.
 
 Routes: ``GET /`` (web client), ``/static/*``, ``POST /offer``, ``GET /scene``, ``GET /healthz``,
-``GET /metrics`` (Prometheus). One aiohttp application holds the avatars, the sessions and the render loop. Rendering and
-encoding run on worker threads so the event loop stays free for RTP, RTCP and pose messages.
+``GET /metrics`` (Prometheus), ``GET /openapi.json`` and the avatar API (``api.py``). One aiohttp
+application holds the avatars, the sessions and the render loop. Rendering and encoding run on
+worker threads so the event loop stays free for RTP, RTCP and pose messages.
 With ``ServerConfig.workers`` > 1, ``create_app`` returns a front that shards sessions over that
 many such servers in worker processes (``front.py``).
 """
@@ -156,6 +157,8 @@ class StreamingServer:
             raise ValueError("the server needs at least one avatar")
         self.config = config
         self.limits = SizeLimits(config.max_width, config.max_height)
+        self.default_size = self.limits.clamp(config.width, config.height)
+        """The view size before a client's first pose: even and within the limits, as a pose's is."""
         self.avatars = {aid: Avatar.from_cloud(aid, cloud, config.background) for aid, cloud in avatars.items()}
         self._warm_up()
         self.default_avatar = default_avatar or next(iter(self.avatars))
@@ -181,7 +184,7 @@ class StreamingServer:
     def _warm_up(self) -> None:
         """Compile and cache each renderer now, not on some viewer's first frame."""
         for avatar in self.avatars.values():
-            avatar.renderer.render(avatar.default_views(self.config.width, self.config.height))
+            avatar.renderer.render(avatar.default_views(*self.default_size))
 
     def _add_avatar(self, avatar_id: str, cloud: GaussianCloud) -> None:
         self.avatars[avatar_id] = Avatar.from_cloud(avatar_id, cloud, self.config.background)
@@ -248,9 +251,9 @@ class StreamingServer:
 
     async def scene(self, request: web.Request) -> web.Response:
         avatar = self._avatar(request.query.get("avatar"))
-        c = self.config
+        width, height = self.default_size
         return web.json_response(
-            {"avatar": avatar.id, "centre": avatar.centre, "radius": avatar.radius, "width": c.width, "height": c.height, "fps": c.fps}
+            {"avatar": avatar.id, "centre": avatar.centre, "radius": avatar.radius, "width": width, "height": height, "fps": self.config.fps}
         )
 
     async def _admit_offer(self, request: web.Request) -> tuple[dict, Avatar, str | None]:
@@ -278,7 +281,7 @@ class StreamingServer:
         ice = [RTCIceServer(url) for url in self.config.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
         track = AvatarTrack(
-            avatar.default_views(self.config.width, self.config.height), self.config.fps, self.config.bitrate_bounds, self.config.session_encoder_threads()
+            avatar.default_views(*self.default_size), self.config.fps, self.config.bitrate_bounds, self.config.session_encoder_threads()
         )
         transceiver = pc.addTransceiver(track, direction="sendonly")
         transceiver.setCodecPreferences(preferred_video_codecs())

@@ -1,8 +1,8 @@
 """Streaming sessions: one peer connection each, a bounded number, none left behind.
 
-A session ends when its peer closes or fails ICE, when it has been idle (no pose message and no
-connection change) for ``idle_timeout`` seconds, or when the server shuts down; ending it closes
-the peer connection and the track, and forgets it.
+A session ends when its peer closes or fails ICE, when its stream fails, when it has been idle
+(no pose message and no connection change) for ``idle_timeout`` seconds, or when the server
+shuts down; ending it closes the peer connection and the track, and forgets it.
 """
 
 from __future__ import annotations
@@ -140,6 +140,10 @@ class SessionManager(SessionBook):
             session.touch()
             if session.pc.connectionState in ("failed", "closed"):
                 await self.close(session.id, f"connection {session.pc.connectionState}")
+
+        @session.track.on("ended")
+        async def on_stream_ended() -> None:  # its frames failed to render or encode
+            await self.close(session.id, "its stream ended")
 
         if self._reaper is None or self._reaper.done():
             self._reaper = asyncio.create_task(self._reap_idle())

@@ -68,6 +68,9 @@ class AvatarTrack(MediaStreamTrack):
         self._start: float | None = None
         self._next_slot = 0.0
         self._busy = False
+        self._sending = False
+        """aiortc's sender has taken a frame: before that (DTLS still connecting) the first frame
+        waits unsent, and the slots it holds up are not counted as skipped."""
         self._packet: asyncio.Future[av.Packet] = asyncio.get_running_loop().create_future()
 
     def delivered_fps(self) -> float:
@@ -104,7 +107,8 @@ class AvatarTrack(MediaStreamTrack):
         if self.readyState != "live" or self.codec_mime is None or now < self._next_slot:
             return False
         if self._busy:
-            self.frames_skipped += 1
+            if self._sending:
+                self.frames_skipped += 1
             self._advance_slot(now)
             return False
         return True
@@ -155,17 +159,20 @@ class AvatarTrack(MediaStreamTrack):
             self.on_frame(job.pose, job.pts, timings)
 
     def fail(self, error: BaseException) -> None:
-        """End the stream: ``recv`` raises, which stops aiortc's sender."""
+        """End the stream: ``recv`` raises, which stops aiortc's sender, and the track ends
+        (its "ended" event closes the session)."""
         if not self._packet.done():
             self._packet.set_exception(MediaStreamError(str(error)))
             self._packet.exception()  # retrieved here, so an unawaited failure logs nothing
+        if self.readyState == "live":
+            self.stop()
 
     async def recv(self) -> av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
         packet = await self._packet
         self._packet = asyncio.get_running_loop().create_future()
-        self._busy = False
+        self._busy, self._sending = False, True
         return packet
 
     def stop(self) -> None:

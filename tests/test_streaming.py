@@ -224,6 +224,47 @@ async def test_receiver_bitrate_estimate_retargets_the_encoder_within_bounds(ser
     await viewer.close()
 
 
+async def test_a_failed_stream_ends_its_session(server):
+    """A stream whose frames cannot be made (the render loop calls ``fail``) frees its session
+    instead of holding it while the client's poses keep it from going idle."""
+    srv = server.app[SERVER_KEY]
+    viewer, session, _ = await streaming_viewer(server, frames=3)
+    session.track.fail(RuntimeError("the encoder broke"))
+    assert await wait_for(lambda: len(srv.sessions) == 0, 5.0)
+    await viewer.close()
+
+
+async def test_sessions_of_different_view_sizes_stream_side_by_side(server):
+    """Two sessions asking for different sizes are two batches of one tick; each gets its size."""
+    scene = {"radius": 3.0, "centre": (0.0, 0.8, 0.0)}
+    viewers = [Viewer(), Viewer()]
+    sizes = [(WIDTH, HEIGHT), (96, 64)]
+    for viewer in viewers:
+        await viewer.connect(base_url(server))
+    for seq, (viewer, (width, height)) in enumerate(zip(viewers, sizes), start=1):
+        viewer.channel.send(pose_message(seq, 30.0, width, height, scene["radius"], scene["centre"]))
+    for seq, (viewer, (width, height)) in enumerate(zip(viewers, sizes), start=1):
+        frame, _ = await viewer.frame_for(seq, timeout=10.0)
+        assert (frame.width, frame.height) == (width, height)
+    for viewer in viewers:
+        await viewer.close()
+
+
+async def test_an_odd_default_size_streams_at_the_even_size_below():
+    """4:2:0 video needs even sizes: the default view (before any pose) is clamped as a pose's is."""
+    import aiohttp
+
+    config = ServerConfig(fps=30, width=WIDTH + 1, height=HEIGHT + 1)
+    async with TestServer(create_app({"figure": figure_cloud()}, config), host="127.0.0.1") as test_server:
+        async with aiohttp.ClientSession() as http, http.get(f"{base_url(test_server)}/scene") as r:
+            scene = await r.json()
+        assert (scene["width"], scene["height"]) == (WIDTH, HEIGHT)
+        viewer, session, _ = await streaming_viewer(test_server, frames=3)
+        frame = await viewer.track.recv()
+        assert (frame.width, frame.height) == (WIDTH, HEIGHT)
+        await viewer.close()
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 async def test_each_sessions_encoder_runs_the_configured_threads(threads):
     config = ServerConfig(fps=30, width=WIDTH, height=HEIGHT, encoder_threads=threads)
