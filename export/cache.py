@@ -31,8 +31,9 @@ from .. import __version__
 from .graphs import Graph
 
 MANIFEST = "manifest.json"
-FORMAT = 1
-"""Cache layout version; entries written under another one are rebuilt."""
+FORMAT = 2
+"""Cache layout version; entries written under another one are rebuilt. 2: AOTInductor packages
+are run in a child process before they are kept (entries of 1 were loaded unchecked)."""
 
 
 def state_dict_digest(module: nn.Module) -> str:

@@ -238,25 +238,49 @@ def refuse_package(cache_root, graph) -> str:
     return reason
 
 
+CACHED_START = """
+import json, sys, torch
+from torch._dynamo.utils import counters
+from splatcast.export.cache import EngineCache
+from splatcast.export.torch_engine import build_torch_engine
+from tests.export_support import tiny_lrt_graph
+engine = build_torch_engine(tiny_lrt_graph(), EngineCache(sys.argv[1]), dtype=torch.float32, cuda_graph=False)
+print(json.dumps({"built": engine.info["built"], "compiled": engine.info["compiled"], **counters["inductor"]}))
+"""
+
+
 @pytest.mark.slow
 def test_a_refused_package_falls_back_to_torch_compile_with_cached_artifacts(tmp_path):
-    """Where AOTInductor packages are refused the engine runs ``torch.compile``, says so, keeps
-    its Inductor artifacts in the cache (a second start compiles nothing new; a truncated
-    artifact file is rebuilt, never loaded), and computes what the module computes (FP32:
-    relative error <= 1e-5, Inductor reorders floating-point sums)."""
+    """Where AOTInductor packages are refused the engine runs ``torch.compile``, says so, and
+    keeps Inductor's artifacts in the engine cache: a new process with an empty Inductor cache
+    of its own compiles from those artifacts (FX graph cache hits, no misses). A truncated
+    artifact file is rebuilt, never loaded. Outputs match the module (FP32: relative error
+    <= 1e-5, Inductor reorders floating-point sums)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
     from splatcast.export.torch_engine import INDUCTOR_ARTIFACTS, build_torch_engine
 
     graph = tiny_lrt_graph()
-    reason = refuse_package(tmp_path, graph)
+    reason = refuse_package(tmp_path / "engines", graph)
     inputs = graph.random_inputs()
     with torch.no_grad():
         reference = graph.module(*inputs.values())
-    first = build_torch_engine(graph, EngineCache(tmp_path), dtype=torch.float32, cuda_graph=False)
-    second = build_torch_engine(graph, EngineCache(tmp_path), dtype=torch.float32, cuda_graph=False)
-    assert first.info["aot_refused"] == reason and first.info["compiled"] and second.info["compiled"]
-    assert first.info["built"] and not second.info["built"]
-    for engine in (first, second):
-        assert relative_error(engine(*inputs.values()), reference) < 1e-5
-    artifacts = next(tmp_path.glob(f"lrt-torch-compile-*/{INDUCTOR_ARTIFACTS}"))
+    first = build_torch_engine(graph, EngineCache(tmp_path / "engines"), dtype=torch.float32, cuda_graph=False)
+    assert first.info["aot_refused"] == reason and first.info["compiled"] and first.info["built"]
+    assert relative_error(first(*inputs.values()), reference) < 1e-5
+
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "fresh-inductor-cache")}
+    child = subprocess.run([sys.executable, "-c", CACHED_START, str(tmp_path / "engines")], capture_output=True, text=True,
+                           env=env, cwd=Path(__file__).parents[1], timeout=600)
+    assert child.returncode == 0, child.stderr[-2000:]
+    second = json.loads(child.stdout.strip().splitlines()[-1])
+    assert second["compiled"] and not second["built"]
+    assert second.get("fxgraph_cache_hit", 0) > 0 and second.get("fxgraph_cache_miss", 0) == 0, second
+
+    artifacts = next((tmp_path / "engines").glob(f"lrt-torch-compile-*/{INDUCTOR_ARTIFACTS}"))
     artifacts.write_bytes(artifacts.read_bytes()[:-100])
-    assert build_torch_engine(graph, EngineCache(tmp_path), dtype=torch.float32, cuda_graph=False).info["built"]
+    assert build_torch_engine(graph, EngineCache(tmp_path / "engines"), dtype=torch.float32, cuda_graph=False).info["built"]
