@@ -112,6 +112,7 @@ def test_concurrent_720p60_sessions(benchmark, workers, sessions):
             await asyncio.sleep(WINDOW_SECONDS)
             after = await scrape(http, url)
             wall = time.monotonic() - wall
+            streaming_through = sum(v.returncode is None for v in viewers)  # none left before the window closed
             cpu_use = (server_cpu_seconds(worker_pids) - cpu) / wall
             viewer_cpu_use = (cpu_seconds(viewer_pids) - viewer_cpu) / wall
             now = frames_per_session(after)
@@ -124,6 +125,7 @@ def test_concurrent_720p60_sessions(benchmark, workers, sessions):
                 "workers": workers,
                 "encoder_threads": ENCODER_THREADS,
                 "connected": len(sent),
+                "viewers_streaming_through_window": streaming_through,
                 "server_fps_min": round(min(fps), 2) if fps else 0.0,
                 "server_fps_median": round(statistics.median(fps), 2) if fps else 0.0,
                 "viewer_fps_min": min(r["fps"] for r in reports),

@@ -47,6 +47,8 @@ class AvatarTrack(MediaStreamTrack):
         encoder_threads: int = 0,
         on_frame: FrameCallback | None = None,
     ) -> None:
+        """``encoder_threads`` goes to the encoder as it is (0: FFmpeg's choice); the server
+        passes ``ServerConfig.session_encoder_threads()``."""
         super().__init__()
         self.fps = fps
         self.bitrate_bounds = bitrate_bounds
