@@ -47,6 +47,10 @@ class RenderLoop:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="splatcast-render-loop")
 
+    async def on_render_thread(self, fn, *args):
+        """``fn(*args)`` on the thread that renders, between frames: GPU set-up work belongs there."""
+        return await asyncio.get_running_loop().run_in_executor(self._render_executor, fn, *args)
+
     def shutdown(self) -> None:
         if self._task is not None:
             self._task.cancel()

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import tempfile
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -160,6 +161,7 @@ class StreamingServer:
         self.default_size = self.limits.clamp(config.width, config.height)
         """The view size before a client's first pose: even and within the limits, as a pose's is."""
         self.avatars = {aid: Avatar.from_cloud(aid, cloud, config.background) for aid, cloud in avatars.items()}
+        self._warm_avatars: weakref.WeakSet[Avatar] = weakref.WeakSet()
         self._warm_up()
         self.default_avatar = default_avatar or next(iter(self.avatars))
         self.sessions = SessionManager(config.max_sessions, config.idle_timeout, config.sessions_per_token, config.sessions_per_address)
@@ -184,7 +186,19 @@ class StreamingServer:
     def _warm_up(self) -> None:
         """Compile and cache each renderer now, not on some viewer's first frame."""
         for avatar in self.avatars.values():
-            avatar.renderer.render(avatar.default_views(*self.default_size))
+            self._warm_up_avatar(avatar)
+
+    def _warm_up_avatar(self, avatar: Avatar) -> None:
+        avatar.renderer.render(avatar.default_views(*self.default_size))
+        self._warm_avatars.add(avatar)
+
+    async def _renderer(self, avatar: Avatar) -> FrameRenderer:
+        """The avatar's renderer; one that came after the start (an upload, a reconstruction) is
+        made and warmed up on the render thread: moving its Gaussians to the GPU and capturing
+        its first frame on the event loop would stall every session's RTP."""
+        if avatar not in self._warm_avatars:
+            await self.render_loop.on_render_thread(self._warm_up_avatar, avatar)
+        return avatar.renderer
 
     def _add_avatar(self, avatar_id: str, cloud: GaussianCloud) -> None:
         self.avatars[avatar_id] = Avatar.from_cloud(avatar_id, cloud, self.config.background)
@@ -278,6 +292,7 @@ class StreamingServer:
 
     async def offer(self, request: web.Request) -> web.Response:
         body, avatar, token_id = await self._admit_offer(request)
+        renderer = await self._renderer(avatar)
         ice = [RTCIceServer(url) for url in self.config.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
         track = AvatarTrack(
@@ -306,7 +321,7 @@ class StreamingServer:
         except SessionLimitError:  # another offer took the last slot meanwhile
             await pc.close()
             raise
-        self.render_loop.add(track, avatar.renderer)
+        self.render_loop.add(track, renderer)
         logger.info("session %s: avatar %s, codec %s", session.id, avatar.id, track.codec_mime)
         return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session": session.id})
 

@@ -56,6 +56,8 @@ class WorkerServer(StreamingServer):
         avatars = {aid: load_asset(path, spec.config.max_gaussians) for aid, path in spec.avatar_paths.items()}
         super().__init__(avatars, spec.config, spec.default_avatar)
         self.sessions.on_close = lambda session_id: notify(("ended", session_id))
+        self._loading: dict[str, asyncio.Task] = {}
+        """Avatars being loaded from the store: offers that come meanwhile wait for the same load."""
 
     async def _startup(self, _app: web.Application) -> None:
         """Nothing to recover: the front did, and runs the reconstruction jobs."""
@@ -68,9 +70,17 @@ class WorkerServer(StreamingServer):
             except UnknownAvatar:
                 ready = False
             if ready:
-                cloud = await asyncio.get_running_loop().run_in_executor(None, self.store.load, avatar_id)
-                self._add_avatar(avatar_id, cloud)
+                if avatar_id not in self._loading:
+                    self._loading[avatar_id] = asyncio.create_task(self._load(avatar_id))
+                await asyncio.shield(self._loading[avatar_id])
         return self._avatar(avatar_id)
+
+    async def _load(self, avatar_id: str) -> None:
+        try:
+            cloud = await asyncio.get_running_loop().run_in_executor(None, self.store.load, avatar_id)
+            self._add_avatar(avatar_id, cloud)
+        finally:
+            del self._loading[avatar_id]
 
 
 def front_only(secret: str):
