@@ -46,7 +46,10 @@ TILE_SIZE = 16
 _SOURCES = ("bindings.cpp", "preprocess.cu", "sort.cu", "intersect.cu", "blend.cu", "i420.cu")
 _MAX_ENTRIES = 2**31 - 1
 """Entries (views x Gaussians) per call: entry ids are 32-bit."""
-_MAX_PLANS = 8
+_MAX_PLANS = 32
+"""Call shapes kept, each with its buffers and captured graph: a server's batches vary in size
+with the sessions due each tick (and in grouping, mono beside stereo), and a shape it meets
+again must not be captured again."""
 _SHRINK_AFTER = 64
 """Frames in a row using under a quarter of a plan's pair slots before the slots shrink."""
 

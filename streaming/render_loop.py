@@ -75,6 +75,9 @@ class RenderLoop:
                 await asyncio.sleep(min(max(upcoming - now, MIN_SLEEP_S), IDLE_SLEEP_S))
                 continue
             for (renderer, *_), batch in batches.items():
+                # Stereo sessions first: a batch's shape is then its counts of stereo and mono
+                # sessions, whichever were due, which keeps the renderer's set of captured shapes small.
+                batch.sort(key=lambda item: -len(item[1].views))
                 jobs = [job for _, job in batch]
                 try:
                     views = Views.concat([job.views for job in jobs])
