@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 WINDOW_S = 8.0
+STARTUP_TIMEOUT_S = 120.0
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -68,17 +69,28 @@ def measure(args: argparse.Namespace, threads: int, profile_to: Path | None) -> 
     port = 8090 + threads
     url = f"http://127.0.0.1:{port}"
     serve = [sys.executable, "-m", "splatcast.cli", "serve", "--port", str(port), "--width", "1280", "--height", "720",
-             "--max-sessions", str(args.sessions), "--idle-timeout", "60", "--encoder-threads", str(threads)]
+             "--max-sessions", str(args.sessions), "--sessions-per-address", str(args.sessions), "--idle-timeout", "60",
+             "--encoder-threads", str(threads)]
     log = args.out / f"server-{args.sessions}-t{threads}.log"
     with log.open("w") as sink:
         server = subprocess.Popen(serve, stdout=sink, stderr=subprocess.STDOUT)
-    while "streaming" not in log.read_text():
-        if server.poll() is not None:
-            raise RuntimeError(f"server did not start:\n{log.read_text()}")
-        time.sleep(0.2)
-    pid = server.pid
-    viewers = [subprocess.Popen([sys.executable, "-m", "splatcast.streaming.viewer", url, "--seconds", str(2 * WINDOW_S + 12)],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(args.sessions)]
+    viewers: list[subprocess.Popen] = []
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while "streaming" not in log.read_text():
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{log.read_text()}")
+            time.sleep(0.2)
+        viewers = [subprocess.Popen([sys.executable, "-m", "splatcast.streaming.viewer", url, "--seconds", str(2 * WINDOW_S + 12)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(args.sessions)]
+        return measure_window(args, threads, server.pid, url, viewers, profile_to)
+    finally:
+        for process in (*viewers, server):
+            process.kill()
+            process.wait()
+
+
+def measure_window(args: argparse.Namespace, threads: int, pid: int, url: str, viewers: list[subprocess.Popen], profile_to: Path | None) -> dict:
     time.sleep(6.0)  # connected and settled
     before_threads, before_frames = thread_ticks(pid), frames_sent(url)
     before_viewers = sum(process_ticks(v.pid) for v in viewers)
@@ -92,9 +104,8 @@ def measure(args: argparse.Namespace, threads: int, profile_to: Path | None) -> 
                         "-d", str(int(WINDOW_S)), "--pid", str(pid)], capture_output=True)
         summarize(profile_to)
     busy = sorted(((after_threads[t] - before_threads.get(t, 0)) / TICKS / wall for t in after_threads), reverse=True)
-    reports = [json.loads(v.communicate()[0].strip().splitlines()[-1]) for v in viewers]
-    server.terminate()
-    server.wait(30)
+    outputs = [v.communicate()[0].strip().splitlines() for v in viewers]
+    reports = [json.loads(lines[-1]) for lines in outputs if lines]  # a viewer that failed printed nothing
     return {
         "sessions": args.sessions,
         "encoder_threads": threads,
@@ -103,6 +114,7 @@ def measure(args: argparse.Namespace, threads: int, profile_to: Path | None) -> 
         "server_threads": len(busy),
         "busiest_threads_cores": [round(b, 3) for b in busy[:12]],
         "viewer_cores_busy": round((after_viewers - before_viewers) / TICKS / wall, 2),
+        "viewers_reporting": len(reports),
         "viewer_fps": sorted(r["fps"] for r in reports),
         "viewer_latency_ms_p50": sorted(r["latency_ms_p50"] for r in reports if r["latency_ms_p50"] is not None),
         "profile": profile_to.name if profile_to else None,

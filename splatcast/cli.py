@@ -152,6 +152,7 @@ def serve(args: argparse.Namespace) -> int:
         max_width=args.max_size[0],
         max_height=args.max_size[1],
         max_sessions=args.max_sessions,
+        sessions_per_address=args.sessions_per_address,
         idle_timeout=args.idle_timeout,
         ice_servers=args.ice_server,
         store_dir=args.store,
@@ -234,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=_positive_int, default=480, help="stream height before the first pose")
     p.add_argument("--max-size", type=_size, default=(1920, 1080), help="largest per-view size a client may ask for")
     p.add_argument("--max-sessions", type=_positive_int, default=8)
+    p.add_argument("--sessions-per-address", type=_positive_int, default=8, help="sessions one client address may hold (a NAT, a load test)")
     p.add_argument("--idle-timeout", type=float, default=30.0, help="seconds without a pose before a session ends")
     p.add_argument("--ice-server", action="append", default=[], help="STUN/TURN URL (repeatable); none by default")
     p.add_argument("--store", help="folder for uploaded and reconstructed avatars (default: a temporary one)")
