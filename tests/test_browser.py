@@ -138,7 +138,8 @@ async def test_page_streams_the_avatar_and_follows_the_mouse(server, browser, tm
     assert "connected" in readout and "pose → shown" in readout
     assert browser.errors == []
     await page.close()  # the page closes its peer connection: the session ends well before the idle timeout
-    assert await wait_for(lambda: len(server.app[SERVER_KEY].sessions) == 0, 5.0), "the session outlived the page"
+    # 8 s: room for a loaded CI machine, still short of the 10 s idle timeout that would end it anyway.
+    assert await wait_for(lambda: len(server.app[SERVER_KEY].sessions) == 0, 8.0), "the session outlived the page"
     print(f"browser: {final['codec']} {final['fps']} fps, pose->frame message {final['poseToMessageMs']:.1f} ms, "
           f"pose->presented {final['poseToPresentedMs']:.1f} ms, server {final['serverMs']}")
 
