@@ -36,13 +36,13 @@ class RenderLoop:
         self._render_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="splatcast-render")
         self._encode_pool = ThreadPoolExecutor(max_workers=encode_workers or os.cpu_count() or 2, thread_name_prefix="splatcast-encode")
         self._tracks: dict[AvatarTrack, FrameRenderer] = {}
-        # The frame slots of this loop's sessions: shared, so that due frames batch on one tick;
-        # random, so that the loops of a sharded server's workers do not all tick at once.
-        self.slot_phase = random.random()
+        # The base of this loop's slot grids (``pacing``): shared by its sessions, so that due
+        # frames batch on one tick; random, so that a sharded server's workers do not all tick at once.
+        self.slot_base = random.random()
         self._task: asyncio.Task | None = None
 
     def add(self, track: AvatarTrack, renderer: FrameRenderer) -> None:
-        track.slot_phase = self.slot_phase
+        track.pacer.base = self.slot_base
         self._tracks[track] = renderer
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="splatcast-render-loop")

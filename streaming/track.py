@@ -9,7 +9,6 @@ never dropped (later frames reference it), an unrendered slot is, so nothing que
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from ..engine.cameras import Views
 from .encoders import RTP_CLOCK, VideoEncoder
 from .frames import RenderedFrame
+from .pacing import FramePacer
 from .protocol import PoseRequest
 
 FrameCallback = Callable[[PoseRequest | None, int, dict[str, float]], None]
@@ -64,11 +64,9 @@ class AvatarTrack(MediaStreamTrack):
         self._pose: PoseRequest | None = None
         self._keyframe_requested = False
         self._encoder: VideoEncoder | None = None
-        self.slot_phase = 0.0
-        """Frame slots fall at ``slot_phase + k / fps``: a render loop gives all its tracks one
-        phase, so that their frames come due on the same tick and render in one batch."""
+        self.pacer = FramePacer(fps)
+        """When frames are due; its ``base`` comes from the render loop."""
         self._start: float | None = None
-        self._next_slot = 0.0
         self._busy = False
         self._sending = False
         """aiortc's sender has taken a frame: before that (DTLS still connecting) the first frame
@@ -90,6 +88,7 @@ class AvatarTrack(MediaStreamTrack):
         if self._pose is not None and pose.seq <= self._pose.seq:
             return False
         self._pose = pose
+        self.pacer.pose_arrived(pose.received_at)
         return True
 
     def request_keyframe(self) -> None:
@@ -102,31 +101,24 @@ class AvatarTrack(MediaStreamTrack):
 
     def next_slot(self) -> float:
         """Monotonic time of this track's next frame slot."""
-        return self._next_slot
+        return self.pacer.next_slot
 
     def ready(self, now: float) -> bool:
         """A frame is due, a codec is negotiated and the previous frame has gone to aiortc."""
-        if self.readyState != "live" or self.codec_mime is None or now < self._next_slot:
+        if self.readyState != "live" or self.codec_mime is None or now < self.pacer.next_slot:
             return False
         if self._busy:
             if self._sending:
                 self.frames_skipped += 1
-            self._advance_slot(now)
+            self.pacer.advance(now)
             return False
         return True
-
-    def _advance_slot(self, now: float) -> None:
-        # The first slot after ``now``: when the loop ran late, the frame made now stands for
-        # the slots missed, which are skipped, never queued. (1e-6: a tick on a slot, up to
-        # rounding, is that slot's.)
-        slots_since_phase = math.floor((now - self.slot_phase) * self.fps + 1e-6)
-        self._next_slot = self.slot_phase + (slots_since_phase + 1) / self.fps
 
     def take_job(self, now: float) -> FrameJob:
         if self._start is None:
             self._start = now
         pts = int((now - self._start) * RTP_CLOCK)
-        self._advance_slot(now)
+        self.pacer.advance(now)
         pose, keyframe = self._pose, self._keyframe_requested
         self._keyframe_requested = False
         self._busy = True

@@ -123,14 +123,18 @@ class Viewer:
         first_seq = self._seq + 1
 
         async def send_poses() -> None:
-            # Poses go out in ticks of at least 10 ms, so rates past what asyncio can time work.
+            # Poses go out in ticks of at least 10 ms, so rates past what asyncio can time work;
+            # ticks keep to a fixed schedule, as a display's frames do, rather than drifting by
+            # each sleep's overshoot.
             tick = max(1.0 / pose_hz, 0.01)
+            deadline = time.monotonic()
             while True:
                 for _ in range(max(1, round(pose_hz * tick))):
                     self._seq += 1
                     azimuth = 90.0 * (self._seq - first_seq) / pose_hz  # a quarter turn per second
                     self.channel.send(pose_message(self._seq, azimuth, width, height, scene["radius"], scene["centre"], views=views))
-                await asyncio.sleep(tick)
+                deadline = max(deadline + tick, time.monotonic())
+                await asyncio.sleep(deadline - time.monotonic())
 
         sender = asyncio.create_task(send_poses())
         start = time.monotonic()

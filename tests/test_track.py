@@ -1,5 +1,5 @@
-"""Frame pacing of a session's track: slots on a grid shared by a render loop's tracks, missed
-slots skipped rather than queued."""
+"""Frame pacing of a session's track: slots on grids shared by a render loop's tracks, missed
+slots skipped rather than queued, a busy track's slot skipped."""
 
 import av
 import pytest
@@ -12,10 +12,10 @@ FPS = 60
 PERIOD = 1 / FPS
 
 
-def track(phase: float) -> AvatarTrack:
+def track(base: float) -> AvatarTrack:
     t = AvatarTrack(single_view(orbit_camera(0.0, 0.0, 3.0), intrinsics_from_fov(40.0, 64, 48), 64, 48), fps=FPS)
     t.codec_mime = "video/h264"
-    t.slot_phase = phase
+    t.pacer.base = base
     return t
 
 
@@ -28,14 +28,14 @@ async def finish(t: AvatarTrack, job) -> None:
 
 
 async def test_tracks_of_one_loop_come_due_together():
-    phase = 0.37
-    first, second = track(phase), track(phase)
+    base = 0.37
+    first, second = track(base), track(base)
     await finish(first, first.take_job(1000.004))  # joined mid-slot ...
     await finish(second, second.take_job(1000.011))  # ... and another one later
     assert first.next_slot() == pytest.approx(second.next_slot(), abs=1e-9)
     slot = first.next_slot()
     assert 0 < slot - 1000.011 <= PERIOD
-    assert (slot - phase) * FPS == pytest.approx(round((slot - phase) * FPS), abs=1e-6)
+    assert (slot - base) * FPS == pytest.approx(round((slot - base) * FPS), abs=1e-6)
     assert not first.ready(slot - 1e-4) and first.ready(slot) and second.ready(slot)
 
 
@@ -64,3 +64,20 @@ async def test_slots_held_up_before_the_connection_sends_are_not_skips():
     t.take_job(30.0)  # the first frame waits for DTLS: aiortc has not asked for it yet
     assert not t.ready(t.next_slot())
     assert t.frames_skipped == 0
+
+
+async def test_a_track_follows_its_poses_to_the_grid_just_after_them():
+    import dataclasses
+
+    from splatcast.streaming.protocol import SizeLimits, parse_pose
+    from splatcast.streaming.viewer import pose_message
+
+    t = track(5.0)
+    pose = parse_pose(pose_message(1, 0.0, 64, 48, 3.0, (0.0, 0.8, 0.0)), SizeLimits())
+    for seq in range(1, 120):  # a pose every frame, 0.6 of a frame after the loop's grid 0
+        t.update_pose(dataclasses.replace(pose, seq=seq, received_at=5.0 + (seq + 0.6) * PERIOD))
+    assert t.pacer.grid == 3  # grids at 0, 1/4, 1/2, 3/4 of a frame: 3/4 is the first after 0.6
+    await finish(t, t.take_job(5.0 + 120.6 * PERIOD))  # the frame of the newest pose
+    for _ in range(3):
+        assert (t.next_slot() - 5.0) / PERIOD % 1.0 == pytest.approx(0.75, abs=1e-6)
+        await finish(t, t.take_job(t.next_slot()))
