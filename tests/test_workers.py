@@ -190,3 +190,20 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+async def test_a_worker_loads_a_late_avatar_once_for_offers_that_come_together(tmp_path):
+    """Offers for an avatar that became ready after the worker started share one load: their
+    sessions share one renderer (one batch), not a copy of the avatar each."""
+    from splatcast.streaming.avatar_store import AvatarStore
+    from splatcast.streaming.workers import WorkerServer, WorkerSpec
+
+    save_asset(figure_cloud(300), tmp_path / "first.ply")
+    config = ServerConfig(fps=30, width=WIDTH, height=HEIGHT, store_dir=str(tmp_path / "store"))
+    worker = WorkerServer(WorkerSpec(0, {"first": str(tmp_path / "first.ply")}, "first", config, "secret", 0), notify=lambda message: None)
+    store = AvatarStore(tmp_path / "store", config.max_gaussians)  # the front's view of the same folder
+    record = store.create("late.ply", b"", "processing")
+    store.finish(record, figure_cloud(400, seed=2))
+    avatars = await asyncio.gather(*(worker._offered_avatar(record.id) for _ in range(3)))
+    assert all(avatar is avatars[0] for avatar in avatars) and len(avatars[0].cloud) == 400
+    assert worker.avatars[record.id] is avatars[0]
