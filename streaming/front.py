@@ -25,7 +25,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from ..engine.formats import save_asset
 from ..engine.gaussians import GaussianCloud
@@ -112,7 +112,6 @@ class ShardedServer(StreamingServer):
         reconstruct: Reconstruct | None = None,
     ) -> None:
         super().__init__(avatars, config, default_avatar, reconstruct)
-        self.sessions = WorkerSessions(config.max_sessions, config.sessions_per_token, config.sessions_per_address)
         self._initial = tempfile.TemporaryDirectory(prefix="splatcast-initial-avatars-")
         paths = {}
         for number, (avatar_id, cloud) in enumerate(avatars.items()):
@@ -130,8 +129,14 @@ class ShardedServer(StreamingServer):
         self.front_metrics = CollectorRegistry()
         self.worker_restarts = Counter("splatcast_worker_restarts", "Worker processes started again after they died", registry=self.front_metrics)
 
-    def _warm_up(self) -> None:
-        """The front renders nothing."""
+    def _host_sessions(self) -> None:
+        """The front streams nothing: it counts its workers' sessions against the limits."""
+        config = self.config
+        self.sessions = WorkerSessions(config.max_sessions, config.sessions_per_token, config.sessions_per_address)
+
+    async def _stop_sessions(self) -> None:
+        await self._stop_workers()
+        await self.sessions.close_all()
 
     async def _startup(self, app: web.Application) -> None:
         await super()._startup(app)  # the front owns the store: recovery and resumed jobs run here
@@ -210,7 +215,6 @@ class ShardedServer(StreamingServer):
         logger.error("worker %d (pid %d) exited with code %s; %d sessions lost; starting it again", worker.index, worker.process.pid, code, lost)
 
     async def _shutdown(self, app: web.Application) -> None:
-        await self._stop_workers()
         if self._http is not None:
             await self._http.close()
         await super()._shutdown(app)
@@ -285,4 +289,4 @@ class ShardedServer(StreamingServer):
         ready = self._ready_workers()
         texts = await asyncio.gather(*(scrape(w) for w in ready))
         merged = merge_expositions({str(w.index): text for w, text in zip(ready, texts) if text is not None})
-        return web.Response(body=merged + generate_latest(self.front_metrics), headers={"Content-Type": self.metrics.content_type})
+        return web.Response(body=merged + generate_latest(self.front_metrics), headers={"Content-Type": CONTENT_TYPE_LATEST})

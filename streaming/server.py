@@ -161,12 +161,8 @@ class StreamingServer:
         self.default_size = self.limits.clamp(config.width, config.height)
         """The view size before a client's first pose: even and within the limits, as a pose's is."""
         self.avatars = {aid: Avatar.from_cloud(aid, cloud, config.background) for aid, cloud in avatars.items()}
-        self._warm_avatars: weakref.WeakSet[Avatar] = weakref.WeakSet()
-        self._warm_up()
         self.default_avatar = default_avatar or next(iter(self.avatars))
-        self.sessions = SessionManager(config.max_sessions, config.idle_timeout, config.sessions_per_token, config.sessions_per_address)
-        self.metrics = StreamMetrics(lambda: ((sid, s.track) for sid, s in self.sessions.sessions.items()))
-        self.render_loop = RenderLoop(self.metrics)
+        self._host_sessions()
         self._scratch = None if config.store_dir else tempfile.TemporaryDirectory(prefix="splatcast-avatars-")
         self.store = AvatarStore(config.store_dir or self._scratch.name, config.max_gaussians)
         self.authority = Authority(config.api_key)
@@ -183,8 +179,14 @@ class StreamingServer:
         self.jobs = ReconstructionQueue(self.store, reconstruct, self._add_avatar, config.max_pending_jobs)
         self.api = AvatarAPI(self.store, self.jobs, self.authority, config.max_image_pixels, self._add_avatar, self._forget_avatar)
 
-    def _warm_up(self) -> None:
-        """Compile and cache each renderer now, not on some viewer's first frame."""
+    def _host_sessions(self) -> None:
+        """What streaming sessions in this process takes: their book, metrics and render loop,
+        and each avatar's renderer compiled and cached now, not on some viewer's first frame."""
+        config = self.config
+        self.sessions = SessionManager(config.max_sessions, config.idle_timeout, config.sessions_per_token, config.sessions_per_address)
+        self.metrics = StreamMetrics(lambda: ((sid, s.track) for sid, s in self.sessions.sessions.items()))
+        self.render_loop = RenderLoop(self.metrics)
+        self._warm_avatars: weakref.WeakSet[Avatar] = weakref.WeakSet()
         for avatar in self.avatars.values():
             self._warm_up_avatar(avatar)
 
@@ -199,6 +201,10 @@ class StreamingServer:
         if avatar not in self._warm_avatars:
             await self.render_loop.on_render_thread(self._warm_up_avatar, avatar)
         return avatar.renderer
+
+    async def _stop_sessions(self) -> None:
+        await self.sessions.close_all()
+        self.render_loop.shutdown()
 
     def _add_avatar(self, avatar_id: str, cloud: GaussianCloud) -> None:
         self.avatars[avatar_id] = Avatar.from_cloud(avatar_id, cloud, self.config.background)
@@ -238,8 +244,7 @@ class StreamingServer:
         return app
 
     async def _shutdown(self, _app: web.Application) -> None:
-        await self.sessions.close_all()
-        self.render_loop.shutdown()
+        await self._stop_sessions()
         self.jobs.shutdown()
         if self._scratch is not None:
             self._scratch.cleanup()
