@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -55,7 +56,19 @@ if torch.cuda.is_available():
 """
 
 
-def probe_package(package: Path, graph: Graph) -> str | None:
+class ProbeFailure(NamedTuple):
+    reason: str
+    lasting: bool
+    """A crash or an error that will recur; not a timeout or the GPU out of memory, which may
+    not happen on the next start."""
+
+
+class PackageCheckError(EngineError):
+    """A new package failed its check in a way that may not recur: it is not kept, nothing is
+    recorded, and the next start builds and checks it again."""
+
+
+def probe_package(package: Path, graph: Graph) -> ProbeFailure | None:
     """Load ``package`` and run it once on zero inputs of ``graph``'s shapes in a child process.
     None if that worked, else why not (exit status or signal, and the end of its stderr)."""
     spec = [(list(x.shape), str(x.dtype).removeprefix("torch."), str(x.device)) for x in graph.inputs.values()]
@@ -64,23 +77,28 @@ def probe_package(package: Path, graph: Graph) -> str | None:
             [sys.executable, "-c", _PROBE, str(package), json.dumps(spec)], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S
         )
     except subprocess.TimeoutExpired:
-        return f"loading and running the package took over {PROBE_TIMEOUT_S} s"
+        return ProbeFailure(f"loading and running the package took over {PROBE_TIMEOUT_S} s", lasting=False)
     if child.returncode == 0:
         return None
     status = f"signal {-child.returncode}" if child.returncode < 0 else f"exit status {child.returncode}"
-    return f"loading and running the package failed in a child process ({status}): {child.stderr.strip()[-500:]}"
+    reason = f"loading and running the package failed in a child process ({status}): {child.stderr.strip()[-500:]}"
+    return ProbeFailure(reason, lasting="OutOfMemoryError" not in child.stderr)
 
 
 def aot_compile(graph: Graph, folder: Path) -> None:
     """torch.export the graph at its example shapes and compile it with AOTInductor into
-    ``folder``; keep the package only if a child process can load and run it (see ``REFUSED``)."""
+    ``folder``; keep the package only if a child process can load and run it. A lasting
+    failure is recorded instead (``REFUSED``); another raises ``PackageCheckError``."""
     with torch.no_grad():
         program = torch.export.export(graph.module, tuple(graph.inputs.values()))
         torch._inductor.aoti_compile_and_package(program, package_path=str(folder / PACKAGE))
-    refusal = probe_package(folder / PACKAGE, graph)
-    if refusal is not None:
-        (folder / PACKAGE).unlink()
-        (folder / REFUSED).write_text(json.dumps({"reason": refusal, "torch": torch.__version__}))
+    failure = probe_package(folder / PACKAGE, graph)
+    if failure is None:
+        return
+    (folder / PACKAGE).unlink()
+    if not failure.lasting:
+        raise PackageCheckError(failure.reason)
+    (folder / REFUSED).write_text(json.dumps({"reason": failure.reason, "torch": torch.__version__}))
 
 
 def compile_with_cached_artifacts(graph: Graph, cache: EngineCache, key: EngineKey) -> tuple[Callable, bool]:
@@ -179,11 +197,15 @@ def build_torch_engine(
     if aot:
         key = EngineKey.for_graph(typed, "torch-aoti", weights, fp8=fp8 and fp8_min_features)
         lookup = time.perf_counter()
-        entry, info["built"] = cache.get_or_build(key, lambda folder: aot_compile(typed, folder))
+        try:
+            entry, info["built"] = cache.get_or_build(key, lambda folder: aot_compile(typed, folder))
+            refusal = json.loads(entry.file(REFUSED).read_text())["reason"] if entry.file(REFUSED).exists() else None
+        except PackageCheckError as error:
+            entry, info["built"], refusal = None, True, f"{error} (checked again on the next start)"
         info["cache_s"] = round(time.perf_counter() - lookup, 3)
-        if entry.file(REFUSED).exists():
-            info["aot"], info["aot_refused"] = False, json.loads(entry.file(REFUSED).read_text())["reason"]
-            logger.warning("%s: AOTInductor package refused, compiling with torch.compile instead: %s", graph.name, info["aot_refused"])
+        if refusal is not None:
+            info["aot"], info["aot_refused"] = False, refusal
+            logger.warning("%s: AOTInductor package refused, compiling with torch.compile instead: %s", graph.name, refusal)
             compile_key = EngineKey.for_graph(typed, "torch-compile", weights, fp8=fp8 and fp8_min_features)
             run, compiled_now = compile_with_cached_artifacts(typed, cache, compile_key)
             info["compiled"], info["built"] = True, info["built"] or compiled_now

@@ -220,8 +220,31 @@ def test_a_package_that_cannot_load_is_refused_with_the_reason(tmp_path):
 
     package = tmp_path / "model.pt2"
     package.write_bytes(b"not a package")
-    reason = probe_package(package, tiny_lrt_graph())
-    assert reason is not None and "exit status 1" in reason and "child process" in reason
+    failure = probe_package(package, tiny_lrt_graph())
+    assert failure is not None and failure.lasting
+    assert "exit status 1" in failure.reason and "child process" in failure.reason
+
+
+@pytest.mark.slow
+def test_a_check_that_times_out_is_not_recorded_and_runs_again_next_start(tmp_path, monkeypatch):
+    """A package check that times out may pass next time: this start compiles with
+    torch.compile instead, nothing is written under the package's key, and the next start
+    builds the package again and, its check passing, runs it."""
+    from splatcast.export import torch_engine
+
+    graph = tiny_lrt_graph()
+    monkeypatch.setattr(torch_engine, "PROBE_TIMEOUT_S", 0.01)
+    first = torch_engine.build_torch_engine(graph, EngineCache(tmp_path), dtype=torch.float32, cuda_graph=False)
+    assert first.info["compiled"] and "took over" in first.info["aot_refused"] and "next start" in first.info["aot_refused"]
+    assert not list(tmp_path.glob("lrt-torch-aoti-*"))
+    monkeypatch.setattr(torch_engine, "PROBE_TIMEOUT_S", 600)
+    second = torch_engine.build_torch_engine(graph, EngineCache(tmp_path), dtype=torch.float32, cuda_graph=False)
+    assert second.info["aot"] and second.info["built"] and not second.info["compiled"]
+    inputs = graph.random_inputs()
+    with torch.no_grad():
+        reference = graph.module(*inputs.values())
+    for engine in (first, second):
+        assert relative_error(engine(*inputs.values()), reference) < 1e-5
 
 
 def refuse_package(cache_root, graph) -> str:
@@ -238,24 +261,29 @@ def refuse_package(cache_root, graph) -> str:
     return reason
 
 
-CACHED_START = """
+ENGINE_START = """
 import json, sys, torch
 from torch._dynamo.utils import counters
+from splatcast.export.build import relative_error
 from splatcast.export.cache import EngineCache
 from splatcast.export.torch_engine import build_torch_engine
 from tests.export_support import tiny_lrt_graph
-engine = build_torch_engine(tiny_lrt_graph(), EngineCache(sys.argv[1]), dtype=torch.float32, cuda_graph=False)
-print(json.dumps({"built": engine.info["built"], "compiled": engine.info["compiled"], **counters["inductor"]}))
+graph = tiny_lrt_graph()
+engine = build_torch_engine(graph, EngineCache(sys.argv[1]), dtype=torch.float32, cuda_graph=False)
+inputs = graph.random_inputs()
+with torch.no_grad():
+    error = relative_error(engine(*inputs.values()), graph.module(*inputs.values()))
+print(json.dumps({**engine.info, "error": error, **counters["inductor"]}))
 """
 
 
 @pytest.mark.slow
 def test_a_refused_package_falls_back_to_torch_compile_with_cached_artifacts(tmp_path):
     """Where AOTInductor packages are refused the engine runs ``torch.compile``, says so, and
-    keeps Inductor's artifacts in the engine cache: a new process with an empty Inductor cache
-    of its own compiles from those artifacts (FX graph cache hits, no misses). A truncated
-    artifact file is rebuilt, never loaded. Outputs match the module (FP32: relative error
-    <= 1e-5, Inductor reorders floating-point sums)."""
+    keeps Inductor's artifacts in the engine cache: a second start (a new process with an
+    empty Inductor cache of its own) compiles from those artifacts (FX graph cache hits, no
+    misses). A truncated artifact file is rebuilt, never loaded. Outputs match the module
+    (FP32: relative error <= 1e-5, Inductor reorders floating-point sums)."""
     import json
     import os
     import subprocess
@@ -264,23 +292,21 @@ def test_a_refused_package_falls_back_to_torch_compile_with_cached_artifacts(tmp
 
     from splatcast.export.torch_engine import INDUCTOR_ARTIFACTS, build_torch_engine
 
-    graph = tiny_lrt_graph()
-    reason = refuse_package(tmp_path / "engines", graph)
-    inputs = graph.random_inputs()
-    with torch.no_grad():
-        reference = graph.module(*inputs.values())
-    first = build_torch_engine(graph, EngineCache(tmp_path / "engines"), dtype=torch.float32, cuda_graph=False)
-    assert first.info["aot_refused"] == reason and first.info["compiled"] and first.info["built"]
-    assert relative_error(first(*inputs.values()), reference) < 1e-5
+    engines = tmp_path / "engines"
+    reason = refuse_package(engines, tiny_lrt_graph())
 
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "fresh-inductor-cache")}
-    child = subprocess.run([sys.executable, "-c", CACHED_START, str(tmp_path / "engines")], capture_output=True, text=True,
-                           env=env, cwd=Path(__file__).parents[1], timeout=600)
-    assert child.returncode == 0, child.stderr[-2000:]
-    second = json.loads(child.stdout.strip().splitlines()[-1])
-    assert second["compiled"] and not second["built"]
+    def start(name: str) -> dict:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"inductor-{name}")}
+        child = subprocess.run([sys.executable, "-c", ENGINE_START, str(engines)], capture_output=True, text=True,
+                               env=env, cwd=Path(__file__).parents[1], timeout=600)
+        assert child.returncode == 0, child.stderr[-2000:]
+        return json.loads(child.stdout.strip().splitlines()[-1])
+
+    first, second = start("first"), start("second")
+    assert first["aot_refused"] == reason and first["compiled"] and first["built"] and first["error"] < 1e-5
+    assert second["compiled"] and not second["built"] and second["error"] < 1e-5
     assert second.get("fxgraph_cache_hit", 0) > 0 and second.get("fxgraph_cache_miss", 0) == 0, second
 
-    artifacts = next((tmp_path / "engines").glob(f"lrt-torch-compile-*/{INDUCTOR_ARTIFACTS}"))
+    artifacts = next(engines.glob(f"lrt-torch-compile-*/{INDUCTOR_ARTIFACTS}"))
     artifacts.write_bytes(artifacts.read_bytes()[:-100])
-    assert build_torch_engine(graph, EngineCache(tmp_path / "engines"), dtype=torch.float32, cuda_graph=False).info["built"]
+    assert build_torch_engine(tiny_lrt_graph(), EngineCache(engines), dtype=torch.float32, cuda_graph=False).info["built"]
