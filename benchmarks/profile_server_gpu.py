@@ -7,6 +7,9 @@ For each encoder-thread setting: one ``splatcast serve`` process (no workers) at
 busiest threads first; the event loop is one of them, and it holds the GIL), its delivered fps
 and the viewers' CPU. With ``--py-spy`` the last setting also runs under ``py-spy record``
 (native frames, every thread), whose collapsed stacks go to OUT_DIR for reading.
+
+On the GPU machine it needs, besides the streaming wheels, py-spy's and those of roma, trimesh
+and smplx: ``splatcast serve`` imports the body prior to report its errors.
 """
 
 import argparse
