@@ -5,8 +5,9 @@
 For each encoder-thread setting: one ``splatcast serve`` process (no workers) at 720p60 with
 ``--sessions`` viewer processes, and over a measuring window the server's CPU per thread (the
 busiest threads first; the event loop is one of them, and it holds the GIL), its delivered fps
-and the viewers' CPU. With ``--py-spy`` the last setting also runs under ``py-spy record``
-(native frames, every thread), whose collapsed stacks go to OUT_DIR for reading.
+and the viewers' CPU. With ``--py-spy`` the last setting's server is then sampled by
+``py-spy record`` for another window (native frames, every thread; sampling slows it, so not
+during the measured one), its collapsed stacks and a summary of them written to OUT_DIR.
 
 On the GPU machine it needs, besides the streaming wheels, py-spy's and those of roma, trimesh
 and smplx: ``splatcast serve`` imports the body prior to report its errors.
