@@ -180,7 +180,7 @@ class StreamingServer:
         self.api = AvatarAPI(self.store, self.jobs, self.authority, config.max_image_pixels, self._add_avatar, self._forget_avatar)
 
     def _host_sessions(self) -> None:
-        """What streaming sessions in this process takes: their book, metrics and render loop,
+        """What sessions streamed from this process need: their book, metrics and render loop;
         and each avatar's renderer compiled and cached now, not on some viewer's first frame."""
         config = self.config
         self.sessions = SessionManager(config.max_sessions, config.idle_timeout, config.sessions_per_token, config.sessions_per_address)
