@@ -24,6 +24,8 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+from test_sessions_gpu import cpu_seconds
+
 WINDOW_S = 8.0
 STARTUP_TIMEOUT_S = 120.0
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -39,11 +41,6 @@ def thread_ticks(pid: int) -> dict[int, int]:
             continue
         ticks[int(task.name)] = int(fields[11]) + int(fields[12])
     return ticks
-
-
-def process_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[11:15])  # own and reaped children's utime, stime
 
 
 def frames_sent(url: str) -> float:
@@ -97,12 +94,13 @@ def measure(args: argparse.Namespace, threads: int, profile_to: Path | None) -> 
 def measure_window(args: argparse.Namespace, threads: int, pid: int, url: str, viewers: list[subprocess.Popen], profile_to: Path | None) -> dict:
     time.sleep(6.0)  # connected and settled
     before_threads, before_frames = thread_ticks(pid), frames_sent(url)
-    before_viewers = sum(process_ticks(v.pid) for v in viewers)
+    viewer_pids = [v.pid for v in viewers]
+    before_viewers = cpu_seconds(viewer_pids)
     start = time.monotonic()
     time.sleep(WINDOW_S)
     wall = time.monotonic() - start
     after_threads, after_frames = thread_ticks(pid), frames_sent(url)
-    after_viewers = sum(process_ticks(v.pid) for v in viewers)
+    after_viewers = cpu_seconds(viewer_pids)
     if profile_to is not None:  # after the clean window: sampling slows the server down
         subprocess.run(["py-spy", "record", "--native", "--threads", "-r", "100", "-f", "raw", "-o", str(profile_to),
                         "-d", str(int(WINDOW_S)), "--pid", str(pid)], capture_output=True)
@@ -117,7 +115,7 @@ def measure_window(args: argparse.Namespace, threads: int, pid: int, url: str, v
         "server_cores_busy": round(sum(busy), 2),
         "server_threads": len(busy),
         "busiest_threads_cores": [round(b, 3) for b in busy[:12]],
-        "viewer_cores_busy": round((after_viewers - before_viewers) / TICKS / wall, 2),
+        "viewer_cores_busy": round((after_viewers - before_viewers) / wall, 2),
         "viewers_reporting": len(reports),
         "viewer_fps": sorted(r["fps"] for r in reports),
         "viewer_latency_ms_p50": sorted(r["latency_ms_p50"] for r in reports if r["latency_ms_p50"] is not None),

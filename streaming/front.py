@@ -28,10 +28,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from ..engine.formats import save_asset
-from ..engine.gaussians import GaussianCloud
-from .jobs import Reconstruct
 from .metrics import merge_expositions
-from .server import ServerConfig, StreamingServer
+from .server import StreamingServer
 from .session import SessionBook, new_session_id
 from .workers import SECRET_HEADER, SESSION_HEADER, WorkerSpec, run_worker
 
@@ -104,19 +102,17 @@ class WorkerSessions(SessionBook):
 
 
 class ShardedServer(StreamingServer):
-    def __init__(
-        self,
-        avatars: dict[str, GaussianCloud],
-        config: ServerConfig,
-        default_avatar: str | None = None,
-        reconstruct: Reconstruct | None = None,
-    ) -> None:
-        super().__init__(avatars, config, default_avatar, reconstruct)
+    def _host_sessions(self) -> None:
+        """The front streams nothing: it starts workers that do (each given the initial avatars
+        as files, the store's folder and a per-run secret) and counts their sessions against
+        the limits."""
+        config = self.config
+        self.sessions = WorkerSessions(config.max_sessions, config.sessions_per_token, config.sessions_per_address)
         self._initial = tempfile.TemporaryDirectory(prefix="splatcast-initial-avatars-")
         paths = {}
-        for number, (avatar_id, cloud) in enumerate(avatars.items()):
+        for number, (avatar_id, avatar) in enumerate(self.avatars.items()):
             paths[avatar_id] = str(Path(self._initial.name) / f"{number}.ply")
-            save_asset(cloud, paths[avatar_id])
+            save_asset(avatar.cloud, paths[avatar_id])
         self._secret = secrets.token_urlsafe(32)
         worker_config = dataclasses.replace(
             config, host="127.0.0.1", port=0, workers=1, store_dir=str(self.store.root), sessions_per_address=config.max_sessions
@@ -128,11 +124,6 @@ class ShardedServer(StreamingServer):
         self._http: aiohttp.ClientSession | None = None
         self.front_metrics = CollectorRegistry()
         self.worker_restarts = Counter("splatcast_worker_restarts", "Worker processes started again after they died", registry=self.front_metrics)
-
-    def _host_sessions(self) -> None:
-        """The front streams nothing: it counts its workers' sessions against the limits."""
-        config = self.config
-        self.sessions = WorkerSessions(config.max_sessions, config.sessions_per_token, config.sessions_per_address)
 
     async def _stop_sessions(self) -> None:
         await self._stop_workers()

@@ -162,7 +162,6 @@ class StreamingServer:
         """The view size before a client's first pose: even and within the limits, as a pose's is."""
         self.avatars = {aid: Avatar.from_cloud(aid, cloud, config.background) for aid, cloud in avatars.items()}
         self.default_avatar = default_avatar or next(iter(self.avatars))
-        self._host_sessions()
         self._scratch = None if config.store_dir else tempfile.TemporaryDirectory(prefix="splatcast-avatars-")
         self.store = AvatarStore(config.store_dir or self._scratch.name, config.max_gaussians)
         self.authority = Authority(config.api_key)
@@ -178,6 +177,7 @@ class StreamingServer:
 
         self.jobs = ReconstructionQueue(self.store, reconstruct, self._add_avatar, config.max_pending_jobs)
         self.api = AvatarAPI(self.store, self.jobs, self.authority, config.max_image_pixels, self._add_avatar, self._forget_avatar)
+        self._host_sessions()
 
     def _host_sessions(self) -> None:
         """What sessions streamed from this process need: their book, metrics and render loop;

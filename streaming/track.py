@@ -78,11 +78,6 @@ class AvatarTrack(MediaStreamTrack):
         horizon = time.monotonic() - 1.0
         return float(sum(1 for t in self._delivered_at if t > horizon))
 
-    @property
-    def view_size(self) -> tuple[int, int]:
-        views = self._default_views if self._pose is None else self._pose
-        return views.width, views.height
-
     def update_pose(self, pose: PoseRequest) -> bool:
         """Keep ``pose`` if it is newer than the one held; False if it was stale."""
         if self._pose is not None and pose.seq <= self._pose.seq:
