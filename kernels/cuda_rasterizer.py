@@ -197,6 +197,8 @@ class CudaRasterizer:
     ``max_pairs`` per pass, past which a call is rendered in several passes. ``storage`` is
     the dtype of rotations, scales and SH coefficients (float32 or float16, see module doc).
     ``graphs`` replays one captured CUDA graph per call shape (off: plain launches).
+    ``spin_us``: how long the host polls a frame before it sleeps on it; a frame that ends by
+    then is seen at once, and a longer one leaves the core to a server's encoders.
 
     Outputs live in buffers reused by the next call of the same shape: ``render`` returns a
     copy, as ``render_i420`` returns frames in fresh pinned memory.
@@ -209,6 +211,7 @@ class CudaRasterizer:
         storage: torch.dtype = torch.float16,
         max_pairs: int = 1 << 28,
         graphs: bool = True,
+        spin_us: float = 250.0,
         device: torch.device | str | None = None,
     ) -> None:
         if storage not in (torch.float32, torch.float16):
@@ -222,6 +225,7 @@ class CudaRasterizer:
         self.storage = storage
         self.max_pairs = int(max_pairs)
         self.graphs = graphs
+        self.spin_us = float(spin_us)
         self._entry_capacity = 0
         self._pair_capacity = 0
         self._temp = torch.empty(0, dtype=torch.uint8, device=self.device)
@@ -229,9 +233,8 @@ class CudaRasterizer:
         self._plans: OrderedDict[tuple, _Plan] = OrderedDict()
         self._packed: tuple[GaussianCloud, tuple, PackedCloud] | None = None
         self._total_host = torch.zeros(1, dtype=torch.int64, pin_memory=True)
-        # The host sleeps while it waits for a frame instead of spinning: a server's render
-        # threads share the cores with its encoders.
-        self._frame_done = torch.cuda.Event(blocking=True)
+        self._frame_done = torch.cuda.Event(blocking=True)  # blocking: see ``spin_us``
+        self._staged = 4
         self.passes = 0
         """Passes of the last call: 1, or the number of chunks of a call past ``max_pairs``."""
 
@@ -350,7 +353,7 @@ class CudaRasterizer:
         ext.order_tiles(self._temp, plan.ranges, *plan.order)
         ext.blend(
             plan.ranges, plan.order[3], self._pair_values_sorted, self._splats, plan.background, plan.num_views,
-            plan.width, plan.height, plan.image, state, resume, final,
+            plan.width, plan.height, plan.image, state, resume, final, self._staged,
         )
 
     def _frame(self, packed: PackedCloud, plan: _Plan) -> None:
@@ -388,7 +391,8 @@ class CudaRasterizer:
             plan.graph = graph
         plan.graph.replay()
 
-    def _render(self, cloud: GaussianCloud | PackedCloud, views: Views, background, views_per_frame: list[int] | None) -> _Plan:
+    def _render(self, cloud: GaussianCloud | PackedCloud, views: Views, background, views_per_frame: list[int] | None) -> tuple[_Plan, torch.Tensor | None]:
+        """Render and wait; with ``views_per_frame``, also return the I420 frames' host copy."""
         if not isinstance(views, Views):
             raise TypeError(f"views must be a Views batch, got {type(views).__name__}")
         packed = self._pack(cloud)
@@ -400,6 +404,9 @@ class CudaRasterizer:
         with torch.cuda.device(self.device):
             self.passes = 1
             self._run(packed, plan)
+            # Queued before the one wait: the count is checked after the copy, which a frame that
+            # overflowed its pair slots (rare) repeats.
+            host = self._to_host(plan)
             total = self._finish(plan)
             if total > plan.pair_slots:
                 if total <= self.max_pairs:
@@ -408,6 +415,7 @@ class CudaRasterizer:
                     self._run(packed, plan)
                 else:
                     self._render_in_chunks(plan, total)
+                host = self._to_host(plan)
                 self._finish(plan)
             elif total < plan.pair_slots // 4 and plan.pair_slots > 1 << 16:
                 plan.underused += 1
@@ -416,16 +424,21 @@ class CudaRasterizer:
                     plan.graph, plan.temp_checked = None, False
             else:
                 plan.underused = 0
-        return plan
+        return plan, host
+
+    def _to_host(self, plan: _Plan) -> torch.Tensor | None:
+        """Queue the copy of the I420 frames into fresh pinned memory (the caller's to keep)."""
+        if plan.i420 is None:
+            return None
+        host = torch.empty(plan.i420.numel(), dtype=torch.uint8, pin_memory=True)
+        self._ext.copy(host, plan.i420)
+        return host
 
     def _finish(self, plan: _Plan) -> int:
         """Wait for the frame; return the pairs it made, the one number the host reads."""
-        self._wait()
-        return int(self._total_host[0]) if plan.num_views * plan.num_gaussians > 0 else 0
-
-    def _wait(self) -> None:
         self._frame_done.record()
-        self._frame_done.synchronize()
+        self._ext.wait_event(self._frame_done.cuda_event, self.spin_us)
+        return int(self._total_host[0]) if plan.num_views * plan.num_gaussians > 0 else 0
 
     def _render_in_chunks(self, plan: _Plan, total: int) -> None:
         """A frame of more than ``max_pairs`` pairs: consecutive ranges of the depth-ordered pair
@@ -450,7 +463,7 @@ class CudaRasterizer:
         background: tuple[float, float, float] | torch.Tensor = (0.0, 0.0, 0.0),
     ) -> torch.Tensor:
         """(V, H, W, 3) uint8 on the device: ``reference.to_uint8(reference.render(...))``."""
-        return self._render(cloud, views, background, None).image.clone()
+        return self._render(cloud, views, background, None)[0].image.clone()
 
     def render_i420(
         self,
@@ -469,10 +482,6 @@ class CudaRasterizer:
             raise ValueError(f"views_per_frame {counts} does not split {len(views)} views")
         if views.width % 2 or views.height % 2:
             raise ValueError(f"I420 needs even view sizes, got {views.width}x{views.height}")
-        plan = self._render(cloud, views, background, counts)
-        host = torch.empty(plan.i420.numel(), dtype=torch.uint8, pin_memory=True)
-        with torch.cuda.device(self.device):
-            self._ext.copy(host, plan.i420)
-            self._wait()
+        plan, host = self._render(cloud, views, background, counts)
         rows = views.height * 3 // 2
         return [host[offset : offset + rows * width].view(rows, width) for offset, width in plan.frame_spans]

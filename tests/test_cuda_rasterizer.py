@@ -225,6 +225,23 @@ def test_i420_frames_belong_to_the_caller(rasterizers, generator):
     assert torch.equal(first, kept) and not torch.equal(first, second)
 
 
+def test_i420_frames_of_a_regrown_frame_whether_the_host_spins_or_sleeps(generator):
+    """A first frame that overflows its pair slots is rendered again, and the frames handed
+    back are the second render's: the same as a warm rasterizer's, for a host that sleeps on
+    the frame at once and for one that polls it throughout."""
+    cloud = random_cloud(2000, sh_degree=3, extent=0.5, scale_range=(0.5, 2.0), generator=generator).to("cuda")
+    views, background = random_views(generator, 1, 320, 240), background_for(generator)
+    warm = cuda_rasterizer.CudaRasterizer(1 << 12, storage=torch.float32)
+    warm.render_i420(cloud, views, background)
+    (expected,) = warm.render_i420(cloud, views, background)
+    for spin_us in (0.0, 1e6):
+        rasterizer = cuda_rasterizer.CudaRasterizer(1 << 12, storage=torch.float32, spin_us=spin_us)
+        (frame,) = rasterizer.render_i420(cloud, views, background)
+        (plan,) = rasterizer._plans.values()
+        assert plan.pair_slots > 1 << 16  # the first render overflowed and grew
+        assert torch.equal(frame, expected)
+
+
 def test_unservable_batches_are_rejected_clearly(rasterizers, generator):
     rasterizer = rasterizers[torch.float16]
     with pytest.raises(ValueError, match="even"):

@@ -4,6 +4,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
+#include <chrono>
+
 #include "rasterizer.h"
 
 namespace splatcast {
@@ -181,9 +183,22 @@ void copy(const torch::Tensor& dst, const torch::Tensor& src) {
     check_cuda(cudaMemcpyAsync(dst.data_ptr(), src.data_ptr(), src.nbytes(), cudaMemcpyDefault, stream()), "copy");
 }
 
+// Wait for a recorded event: poll it for up to spin_us (a frame that ends by then is seen at
+// once), then sleep on it (the event must be created with blocking sync), so a long frame does
+// not hold a core the encoders need. Called without the GIL.
+void wait_event(int64_t event, double spin_us) {
+    const auto handle = reinterpret_cast<cudaEvent_t>(event);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double, std::micro>(spin_us);
+    cudaError_t state;
+    while ((state = cudaEventQuery(handle)) == cudaErrorNotReady && std::chrono::steady_clock::now() < deadline) {
+    }
+    if (state == cudaErrorNotReady) state = cudaEventSynchronize(handle);
+    check_cuda(state, "wait");
+}
+
 void blend(const torch::Tensor& ranges, const c10::optional<torch::Tensor>& tile_order, const torch::Tensor& values,
            const torch::Tensor& splats, const torch::Tensor& background, int64_t num_views, int64_t width, int64_t height,
-           const torch::Tensor& image, const c10::optional<torch::Tensor>& state, bool resume, bool final) {
+           const torch::Tensor& image, const c10::optional<torch::Tensor>& state, bool resume, bool final, int64_t staged) {
     const c10::cuda::CUDAGuard guard(ranges.device());
     const int64_t tiles = (width + TILE - 1) / TILE * ((height + TILE - 1) / TILE);
     check_buffer(ranges, torch::kInt32, 2 * num_views * tiles, "ranges");
@@ -208,6 +223,7 @@ void blend(const torch::Tensor& ranges, const c10::optional<torch::Tensor>& tile
     args.state = state ? ptr<float4>(*state) : nullptr;
     args.resume = resume;
     args.final = final;
+    args.staged = static_cast<int>(staged);
     check_cuda(launch_blend(args, stream()), "blend");
 }
 
@@ -245,6 +261,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("tile_ranges", &tile_ranges);
     m.def("order_tiles", &order_tiles);
     m.def("copy", &copy);
+    m.def("wait_event", &wait_event, pybind11::call_guard<pybind11::gil_scoped_release>());
     m.def("blend", &blend);
     m.def("rgb_to_i420", &rgb_to_i420);
 }
