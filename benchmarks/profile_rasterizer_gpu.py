@@ -87,11 +87,10 @@ def host_split(rasterizer: CudaRasterizer, call) -> dict:
     return {name: round(value, 4) for name, value in split.items()}
 
 
-def profile(case: str, storage: torch.dtype, staged: int = 4) -> dict:
+def profile(case: str, storage: torch.dtype) -> dict:
     n, setup = CASES[case]
     cloud, (views, per_frame) = cloud_of(n), case_views(setup)
     rasterizer = CudaRasterizer(n, storage=storage)
-    rasterizer._staged = staged
     call_ms = median_ms(lambda: rasterizer.render_i420(cloud, views, BACKGROUND, per_frame))
     rgb_call_ms = median_ms(lambda: rasterizer.render(cloud, views, BACKGROUND))
     plan, rgb_plan = rasterizer._plans.values()
@@ -104,7 +103,7 @@ def profile(case: str, storage: torch.dtype, staged: int = 4) -> dict:
     lengths = (plan.ranges[:, 1] - plan.ranges[:, 0]).float()
     busy = lengths[lengths > 0]
     result = {
-        "case": case, "storage": str(storage), "staged": staged, "call_ms": call_ms, "replay_ms": replay_ms,
+        "case": case, "storage": str(storage), "call_ms": call_ms, "replay_ms": replay_ms,
         "rgb_call_ms": rgb_call_ms, "rgb_replay_ms": rgb_replay_ms, "host_ms": host,
         "entries": entries, "entries_with_pairs": int((rasterizer._tile_counts[:entries] > 0).sum()),
         "pairs": int(rasterizer._ends[entries - 1]), "pair_slots": plan.pair_slots,
@@ -112,7 +111,6 @@ def profile(case: str, storage: torch.dtype, staged: int = 4) -> dict:
     }
 
     eager = CudaRasterizer(n, storage=storage, graphs=False)
-    eager._staged = staged
     eager.render_i420(cloud, views, BACKGROUND, per_frame)
     timer = StageTimer(eager._ext)
     eager._ext = timer
@@ -131,21 +129,20 @@ def profile(case: str, storage: torch.dtype, staged: int = 4) -> dict:
     alone[lengths.argmax()] = plan.ranges[lengths.argmax()]
     result["heaviest_tile_blend_ms"] = median_ms(lambda: timer.extension.blend(
         alone, None, eager._pair_values_sorted, eager._splats, plan.background, plan.num_views, plan.width, plan.height,
-        plan.image, None, False, True, staged))
+        plan.image, None, False, True))
     return result
 
 
 def main(path: str) -> None:
     results = []
-    runs = [*((case, torch.float16, staged) for case in CASES for staged in (4, 1)), ("100k-1080p", torch.float32, 4)]
-    for case, storage, staged in runs:
-        results.append(profile(case, storage, staged))
+    for case, storage in [*((case, torch.float16) for case in CASES), ("100k-1080p", torch.float32)]:
+        results.append(profile(case, storage))
         torch.cuda.empty_cache()
     with open(path, "w") as f:
         json.dump({"device": torch.cuda.get_device_name(), "profiles": results}, f, indent=1)
     for r in results:
         stages = " ".join(f"{k}={v:.3f}" for k, v in r["stages_ms"].items())
-        print(f"{r['case']:20} {r['storage'][6:]:8} staged={r['staged']} call={r['call_ms']:.3f} replay={r['replay_ms']:.3f} "
+        print(f"{r['case']:20} {r['storage'][6:]:8} call={r['call_ms']:.3f} replay={r['replay_ms']:.3f} "
               f"rgb call={r['rgb_call_ms']:.3f} replay={r['rgb_replay_ms']:.3f} "
               f"pairs={r['pairs']} vis={r['entries_with_pairs']}/{r['entries']} list={r['mean_list']}/{r['max_list']} "
               f"heaviest={r['heaviest_tile_blend_ms']:.3f} host={r['host_ms']} | {stages}")

@@ -14,7 +14,9 @@ Built from a ``Graph`` in four steps, each of which can be switched off to measu
    kept; the cache entry records the refusal instead (so the next start does not spend minutes
    compiling it again), and the engine compiles the graph just in time with ``torch.compile``
    instead, its Inductor artifacts (generated kernels, autotuning results) kept in a cache
-   entry of their own so that later starts skip code generation and autotuning.
+   entry of their own so that later starts skip code generation and autotuning. Before the
+   minutes a large graph takes, a tiny package is built and checked (seconds, once per cache,
+   torch and GPU): where even that one is refused, the large one is not compiled at all.
 4. CUDA-graph capture of the whole call, replayed on every step: one launch instead of
    thousands, inputs copied into the captured buffers.
 """
@@ -32,7 +34,7 @@ from typing import NamedTuple
 
 import torch
 
-from .cache import EngineCache, EngineKey, state_dict_digest
+from .cache import CacheEntry, EngineCache, EngineKey, state_dict_digest
 from .errors import EngineError, EngineUnavailableError
 from .fp8 import MIN_FEATURES, check_fp8_support, quantize_linears
 from .graphs import Engine, Graph
@@ -99,6 +101,29 @@ def aot_compile(graph: Graph, folder: Path) -> None:
     if not failure.lasting:
         raise PackageCheckError(failure.reason)
     (folder / REFUSED).write_text(json.dumps({"reason": failure.reason, "torch": torch.__version__}))
+
+
+def probe_graph(device: torch.device, dtype: torch.dtype) -> Graph:
+    """A one-layer graph whose package shows in seconds whether packages load here at all."""
+    module = torch.nn.Linear(16, 16).to(device, dtype).eval()
+    return Graph("aoti-probe", module, {"x": torch.zeros(4, 16, device=device, dtype=dtype)}, {"x": 0}, ("y",))
+
+
+def refusal_of(entry: CacheEntry) -> str | None:
+    """The reason recorded in a cache entry whose package was refused, or None."""
+    return json.loads(entry.file(REFUSED).read_text())["reason"] if entry.file(REFUSED).exists() else None
+
+
+def build_package(graph: Graph, cache: EngineCache, folder: Path) -> None:
+    """``aot_compile`` into ``folder``, unless this torch refuses even a tiny package (built and
+    checked once per cache): then that refusal is recorded for ``graph`` too."""
+    probe = probe_graph(graph.device, graph.dtype)
+    probe_entry, _ = cache.get_or_build(EngineKey.for_graph(probe, "torch-aoti", "probe"), lambda f: aot_compile(probe, f))
+    refusal = refusal_of(probe_entry)
+    if refusal is None:
+        aot_compile(graph, folder)
+    else:
+        (folder / REFUSED).write_text(json.dumps({"reason": f"a one-layer package was refused: {refusal}", "torch": torch.__version__}))
 
 
 def compile_with_cached_artifacts(graph: Graph, cache: EngineCache, key: EngineKey) -> tuple[Callable, bool]:
@@ -198,8 +223,8 @@ def build_torch_engine(
         key = EngineKey.for_graph(typed, "torch-aoti", weights, fp8=fp8 and fp8_min_features)
         lookup = time.perf_counter()
         try:
-            entry, info["built"] = cache.get_or_build(key, lambda folder: aot_compile(typed, folder))
-            refusal = json.loads(entry.file(REFUSED).read_text())["reason"] if entry.file(REFUSED).exists() else None
+            entry, info["built"] = cache.get_or_build(key, lambda folder: build_package(typed, cache, folder))
+            refusal = refusal_of(entry)
         except PackageCheckError as error:
             entry, info["built"], refusal = None, True, f"{error} (checked again on the next start)"
         info["cache_s"] = round(time.perf_counter() - lookup, 3)

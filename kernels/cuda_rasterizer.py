@@ -234,7 +234,6 @@ class CudaRasterizer:
         self._packed: tuple[GaussianCloud, tuple, PackedCloud] | None = None
         self._total_host = torch.zeros(1, dtype=torch.int64, pin_memory=True)
         self._frame_done = torch.cuda.Event(blocking=True)  # blocking: see ``spin_us``
-        self._staged = 4
         self.passes = 0
         """Passes of the last call: 1, or the number of chunks of a call past ``max_pairs``."""
 
@@ -353,7 +352,7 @@ class CudaRasterizer:
         ext.order_tiles(self._temp, plan.ranges, *plan.order)
         ext.blend(
             plan.ranges, plan.order[3], self._pair_values_sorted, self._splats, plan.background, plan.num_views,
-            plan.width, plan.height, plan.image, state, resume, final, self._staged,
+            plan.width, plan.height, plan.image, state, resume, final,
         )
 
     def _frame(self, packed: PackedCloud, plan: _Plan) -> None:

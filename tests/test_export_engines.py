@@ -225,6 +225,24 @@ def test_a_package_that_cannot_load_is_refused_with_the_reason(tmp_path):
     assert "exit status 1" in failure.reason and "child process" in failure.reason
 
 
+def test_a_refused_one_layer_package_spares_compiling_the_graph(tmp_path):
+    """Where even the one-layer probe package was refused, the graph's own package (minutes of
+    compiling for the UNet) is not built: its entry records the refusal at once."""
+    import json
+
+    from splatcast.export.cache import EngineKey
+    from splatcast.export.torch_engine import PACKAGE, REFUSED, build_package, probe_graph
+
+    graph, cache = tiny_lrt_graph(), EngineCache(tmp_path)
+    probe_key = EngineKey.for_graph(probe_graph(graph.device, graph.dtype), "torch-aoti", "probe")
+    cache.get_or_build(probe_key, lambda folder: (folder / REFUSED).write_text(json.dumps({"reason": "signal 11"})))
+    folder = tmp_path / "entry"
+    folder.mkdir()
+    build_package(graph, cache, folder)
+    assert not (folder / PACKAGE).exists()
+    assert json.loads((folder / REFUSED).read_text())["reason"] == "a one-layer package was refused: signal 11"
+
+
 @pytest.mark.slow
 def test_a_check_that_times_out_is_not_recorded_and_runs_again_next_start(tmp_path, monkeypatch):
     """A package check that times out may pass next time: this start compiles with

@@ -198,7 +198,7 @@ void wait_event(int64_t event, double spin_us) {
 
 void blend(const torch::Tensor& ranges, const c10::optional<torch::Tensor>& tile_order, const torch::Tensor& values,
            const torch::Tensor& splats, const torch::Tensor& background, int64_t num_views, int64_t width, int64_t height,
-           const torch::Tensor& image, const c10::optional<torch::Tensor>& state, bool resume, bool final, int64_t staged) {
+           const torch::Tensor& image, const c10::optional<torch::Tensor>& state, bool resume, bool final) {
     const c10::cuda::CUDAGuard guard(ranges.device());
     const int64_t tiles = (width + TILE - 1) / TILE * ((height + TILE - 1) / TILE);
     check_buffer(ranges, torch::kInt32, 2 * num_views * tiles, "ranges");
@@ -223,7 +223,6 @@ void blend(const torch::Tensor& ranges, const c10::optional<torch::Tensor>& tile
     args.state = state ? ptr<float4>(*state) : nullptr;
     args.resume = resume;
     args.final = final;
-    args.staged = static_cast<int>(staged);
     check_cuda(launch_blend(args, stream()), "blend");
 }
 

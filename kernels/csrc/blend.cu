@@ -3,9 +3,7 @@
 // A block blends one 8x8 quarter of a 16x16 tile: four blocks share each tile's list, which
 // spreads the longest lists over four SMs and lets each quarter stop on its own. (Measured
 // against whole-tile blocks: 0.60 vs 0.66 ms at 1M @ 1080p, 1.09 vs 1.23 ms at 16 x 720p.)
-// Four records per thread per batch: a list's batches are a serial chain of load, stage,
-// barrier and blend, which bounds the longest lists, so fewer, wider batches shorten it.
-// A block stages the list's splats through shared memory 256 at a time; each thread walks them
+// A block stages the list's splats through shared memory 64 at a time; each thread walks them
 // for its pixel and stops at the first splat that would take its transmittance under
 // TRANSMITTANCE_MIN (that splat is not blended), and the block stops once every pixel has.
 //
@@ -97,11 +95,7 @@ __device__ inline uint32_t warp_mask(float4 a, float4 b, float x0, float y0) {
     return mask;
 }
 
-// STAGED: records a thread stages per batch. At least 8 blocks per SM keeps the compiler from
-// capping registers at 64 (it spilled the staged records there).
-template <int STAGED>
-__global__ void __launch_bounds__(THREADS, 8) blend_kernel(BlendArgs args) {
-    constexpr int BATCH = STAGED * THREADS;  // splats per shared-memory batch
+__global__ void __launch_bounds__(THREADS) blend_kernel(BlendArgs args) {
     const int tiles_x = tiles_along(args.width), tiles_per_view = tiles_x * tiles_along(args.height);
     const uint32_t tile = args.tile_order ? args.tile_order[blockIdx.x / PARTS] : blockIdx.x / PARTS;
     const int part = blockIdx.x % PARTS;
@@ -122,48 +116,37 @@ __global__ void __launch_bounds__(THREADS, 8) blend_kernel(BlendArgs args) {
         pixel.transmittance = fabsf(s.w);
     }
 
-    __shared__ float4 shared_a[BATCH];
-    __shared__ float4 shared_b[BATCH];
-    __shared__ float shared_blue[BATCH];
-    __shared__ uint8_t shared_mask[BATCH];  // warps whose rectangle the splat meets
+    __shared__ float4 shared_a[THREADS];
+    __shared__ float4 shared_b[THREADS];
+    __shared__ float shared_blue[THREADS];
+    __shared__ uint8_t shared_mask[THREADS];  // warps whose rectangle the splat meets
 
-    // Each thread stages STAGED records per batch, s * THREADS + threadIdx.x, loaded a batch ahead.
     const int2 range = args.ranges[tile];
-    float4 next_a[STAGED], next_b[STAGED];
-#pragma unroll
-    for (int s = 0; s < STAGED; ++s) {
-        const int index = range.x + s * THREADS + threadIdx.x;
-        if (index < range.y) {
-            const int64_t entry = args.values[index];
-            next_a[s] = args.splats[2 * entry];
-            next_b[s] = args.splats[2 * entry + 1];
-        }
+    int index = range.x + threadIdx.x;
+    float4 next_a, next_b;
+    if (index < range.y) {
+        const int64_t entry = args.values[index];
+        next_a = args.splats[2 * entry];
+        next_b = args.splats[2 * entry + 1];
     }
-    for (int batch_begin = range.x; batch_begin < range.y; batch_begin += BATCH) {
+    for (int batch_begin = range.x; batch_begin < range.y; batch_begin += THREADS) {
         // Also the barrier that lets the previous batch's shared data be overwritten.
         if (__syncthreads_count(pixel.done) == THREADS) break;
-#pragma unroll
-        for (int s = 0; s < STAGED; ++s) {
-            const int slot = s * THREADS + threadIdx.x;
-            if (batch_begin + slot < range.y) {
-                const Staged staged = stage(next_a[s], next_b[s]);
-                shared_a[slot] = staged.a;
-                shared_b[slot] = staged.b;
-                shared_blue[slot] = staged.blue;
-                shared_mask[slot] = warp_mask(next_a[s], next_b[s], origin_x + 0.5f, origin_y + 0.5f);
-            }
+        if (index < range.y) {
+            const Staged s = stage(next_a, next_b);
+            shared_a[threadIdx.x] = s.a;
+            shared_b[threadIdx.x] = s.b;
+            shared_blue[threadIdx.x] = s.blue;
+            shared_mask[threadIdx.x] = warp_mask(next_a, next_b, origin_x + 0.5f, origin_y + 0.5f);
         }
-#pragma unroll
-        for (int s = 0; s < STAGED; ++s) {
-            const int index = batch_begin + BATCH + s * THREADS + threadIdx.x;
-            if (index < range.y) {
-                const int64_t entry = args.values[index];
-                next_a[s] = args.splats[2 * entry];
-                next_b[s] = args.splats[2 * entry + 1];
-            }
+        index += THREADS;
+        if (index < range.y) {
+            const int64_t entry = args.values[index];
+            next_a = args.splats[2 * entry];
+            next_b = args.splats[2 * entry + 1];
         }
         __syncthreads();
-        const int batch_size = min(BATCH, range.y - batch_begin);
+        const int batch_size = min(THREADS, range.y - batch_begin);
         for (int first = 0; first < batch_size; first += 32) {
             if (__all_sync(FULL_MASK, pixel.done)) break;
             const int j = first + lane;
@@ -205,11 +188,7 @@ __global__ void __launch_bounds__(THREADS, 8) blend_kernel(BlendArgs args) {
 cudaError_t launch_blend(const BlendArgs& args, cudaStream_t stream) {
     const unsigned tiles = static_cast<unsigned>(args.num_views) * tiles_along(args.width) * tiles_along(args.height);
     if (tiles == 0) return cudaSuccess;
-    if (args.staged == 1) {
-        blend_kernel<1><<<tiles * PARTS, THREADS, 0, stream>>>(args);
-    } else {
-        blend_kernel<4><<<tiles * PARTS, THREADS, 0, stream>>>(args);
-    }
+    blend_kernel<<<tiles * PARTS, THREADS, 0, stream>>>(args);
     return cudaGetLastError();
 }
 

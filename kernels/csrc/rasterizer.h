@@ -64,7 +64,6 @@ struct BlendArgs {
     float4* state;            // (V, H, W) colour and +-transmittance between chunks, or nullptr
     bool resume;              // start from state instead of an empty pixel
     bool final;               // write image (else state)
-    int staged;               // records per thread per batch: 1 or 4 (A/B, blend.cu)
 };
 cudaError_t launch_blend(const BlendArgs& args, cudaStream_t stream);
 
