@@ -6,7 +6,8 @@
 #
 # gsplat compiles its CUDA code on first use (~90 s), so it builds in the background while ours
 # builds and the GPU tests run (SKIP_GSPLAT=1 leaves it out). run.log, tests.log, pytest-benchmark's
-# JSON and the stage profile go to $OUT; a table of the figures is printed last.
+# JSON, the stage profile and their summary (rasterizer-<device>.json, summarize_rasterizer.py)
+# go to $OUT; the README table of the figures is printed last.
 set -uo pipefail
 OUT=${OUT:-/tmp/splatcast-out}
 mkdir -p "$OUT"
@@ -48,21 +49,5 @@ done
 
 timeout 200 python3 benchmarks/profile_rasterizer_gpu.py "$OUT/profile.json" 2>&1 | tee -a "$log"
 
-python3 - "$OUT"/rasterizer-*.json <<'EOF'
-import json, sys
-runs = [b for path in sys.argv[1:] for b in json.load(open(path))["benchmarks"]]
-rows = {}
-for b in runs:
-    e = b["extra_info"]
-    if "gpu_median_ms" not in e:
-        print(e)
-        continue
-    who = "gsplat" if e["renderer"].startswith("gsplat") else f"ours-{e['storage']}"
-    rows.setdefault(e["case"], {})[f"{who}-{e['output']}"] = e["gpu_median_ms"]
-    rows[e["case"]]["target"] = e["target_ms"]
-cols = ["ours-fp16-rgb", "ours-fp32-rgb", "gsplat-rgb", "ours-fp16-i420", "gsplat-i420", "target"]
-print(f"{'case':20}" + "".join(f"{c:>16}" for c in cols) + f"{'x gsplat':>10}")
-for case, r in rows.items():
-    ratio = r.get("gsplat-rgb", float("nan")) / r.get("ours-fp16-rgb", float("nan"))
-    print(f"{case:20}" + "".join(f"{r.get(c, float('nan')):>16.3f}" for c in cols) + f"{ratio:>10.2f}")
-EOF
+device=$(python3 -c "import torch; print(torch.cuda.get_device_name().split()[1].lower())")
+python3 benchmarks/summarize_rasterizer.py "$OUT" "$OUT/rasterizer-$device.json"
