@@ -8,7 +8,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splatcast.engine.cameras import intrinsics_from_fov, opencv_to_opengl, orbit_camera, projection_from_intrinsics
+from splatcast.engine.cameras import (
+    intrinsics_from_fov,
+    intrinsics_from_projection,
+    invert_rigid,
+    matrix_from_column_major,
+    opencv_to_opengl,
+    opengl_to_opencv,
+    orbit_camera,
+    projection_from_intrinsics,
+)
 from splatcast.streaming.protocol import MAX_MESSAGE_BYTES, PoseError, SizeLimits, parse_pose
 
 LIMITS = SizeLimits(max_width=1280, max_height=720)
@@ -29,6 +38,20 @@ def test_valid_pose_round_trips_to_the_camera_it_describes():
     assert (pose.seq, pose.client_time, pose.width, pose.height) == (3, 100.5, 640, 480)
     torch.testing.assert_close(views.camera_centres[0], orbit_camera(20, 10, 3.0)[:3, 3], atol=1e-5, rtol=0)
     torch.testing.assert_close(views.intrinsics[0], intrinsics_from_fov(50, 640, 480), atol=1e-3, rtol=1e-5)
+
+
+def test_views_are_what_the_engine_camera_conversions_give_for_an_off_axis_stereo_pair():
+    projection = projection_from_intrinsics(intrinsics_from_fov(90, 640, 480), 640, 480)
+    views = []
+    for azimuth, shift in ((17.0, 0.12), (23.0, -0.08)):  # a headset's eyes: turned apart, frusta off-axis
+        off_axis = projection.clone()
+        off_axis[0, 2], off_axis[1, 2] = shift, -0.05
+        views.append({"matrix": opencv_to_opengl(orbit_camera(azimuth, 10, 3.0)).T.flatten().tolist(), "projection": off_axis.T.flatten().tolist()})
+    got = parse_pose(json.dumps(message(views=views)), LIMITS).views()
+    matrices = torch.stack([matrix_from_column_major(v["matrix"]) for v in views])
+    projections = torch.stack([matrix_from_column_major(v["projection"]) for v in views])
+    torch.testing.assert_close(got.world_to_camera, invert_rigid(opengl_to_opencv(matrices)), atol=1e-6, rtol=0)
+    torch.testing.assert_close(got.intrinsics, intrinsics_from_projection(projections, 640, 480), atol=1e-4, rtol=0)
 
 
 def test_oversized_requests_are_scaled_down_keeping_aspect_and_even():
