@@ -24,9 +24,8 @@ from .track import AvatarTrack, FrameJob
 
 logger = logging.getLogger(__name__)
 
-IDLE_SLEEP_S = 0.002
-"""Longest nap between ticks: new sessions and poses are picked up at least this often."""
 MIN_SLEEP_S = 0.0005
+"""Shortest nap between ticks: a due track that cannot start yet is looked at again this often."""
 
 
 class RenderLoop:
@@ -40,12 +39,16 @@ class RenderLoop:
         # frames batch on one tick; random, so that a sharded server's workers do not all tick at once.
         self.slot_base = random.random()
         self._task: asyncio.Task | None = None
+        self._wakeup: asyncio.Future | None = None
+        """What the loop awaits between ticks: resolved at the next slot, or by ``add``."""
 
     def add(self, track: AvatarTrack, renderer: FrameRenderer) -> None:
         track.pacer.base = self.slot_base
         self._tracks[track] = renderer
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="splatcast-render-loop")
+        elif self._wakeup is not None:
+            _resolve(self._wakeup)  # the new track's first frame is due now, not at the others' next slot
 
     async def on_render_thread(self, fn, *args):
         """``fn(*args)`` on the thread that renders, between frames: GPU set-up work belongs there."""
@@ -72,7 +75,7 @@ class RenderLoop:
                     batches[(renderer, job.views.width, job.views.height)].append((track, job))
             if not batches:
                 upcoming = min((t.next_slot() for t in self._tracks), default=now)
-                await asyncio.sleep(min(max(upcoming - now, MIN_SLEEP_S), IDLE_SLEEP_S))
+                await self._sleep(max(upcoming - now, MIN_SLEEP_S))
                 continue
             for (renderer, *_), batch in batches.items():
                 # Stereo sessions first: a batch's shape is then its counts of stereo and mono
@@ -91,6 +94,18 @@ class RenderLoop:
                 for (track, job), frame in zip(batch, frames):
                     self._encode(loop, track, job, frame)
 
+    async def _sleep(self, seconds: float) -> None:
+        """Nap until the next slot. Poses never bring a slot forward, only ``add`` does (and
+        wakes the loop), so it need not look every few milliseconds: it wakes when a frame is due."""
+        loop = asyncio.get_running_loop()
+        self._wakeup = loop.create_future()
+        timer = loop.call_later(seconds, _resolve, self._wakeup)
+        try:
+            await self._wakeup
+        finally:
+            timer.cancel()
+            self._wakeup = None
+
     def _encode(self, loop: asyncio.AbstractEventLoop, track: AvatarTrack, job: FrameJob, frame) -> None:
         future = loop.run_in_executor(self._encode_pool, track.encode, job, frame)
 
@@ -104,3 +119,8 @@ class RenderLoop:
             track.deliver(job, *done.result())
 
         future.add_done_callback(finished)
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
