@@ -39,8 +39,6 @@ PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 4096
 """A stereo pose is about 1.5 KB of JSON; anything much larger is not a pose."""
 _NUMBER_TYPES = frozenset((int, float))
-_IDENTITY = np.eye(3)
-_RIGID_BOTTOM_ROW = np.array([0.0, 0.0, 0.0, 1.0])
 _GL_TO_CV_AXES = np.array([1.0, -1.0, -1.0], dtype=np.float32)
 """OpenGL -> OpenCV camera axes: y and z flip (``engine.cameras.opengl_to_opencv``)."""
 
@@ -116,21 +114,31 @@ def _number(value: object, name: str) -> float:
     return float(value)
 
 
-def _matrix(values: object, name: str) -> np.ndarray:
-    """Row-major (4, 4) from 16 column-major numbers. Validated in numpy: a server parses every
-    pose of every session on its event loop, so this must cost microseconds, not torch calls."""
+def _matrix(values: object, name: str) -> list[float]:
+    """16 column-major numbers, checked in plain Python: a server parses every pose of every
+    session on its event loop, where a numpy call on a 4x4 costs more than its arithmetic."""
     if not isinstance(values, list) or len(values) != 16 or not _NUMBER_TYPES.issuperset(map(type, values)):
         raise PoseError(f"{name} must be a list of 16 numbers")
-    matrix = np.array(values, dtype=np.float64).reshape(4, 4).T
-    if not np.isfinite(matrix).all():
+    if not all(map(math.isfinite, values)):
         raise PoseError(f"{name} must hold finite numbers")
-    return matrix
+    return values
 
 
-def _rigid(matrix: np.ndarray, name: str) -> None:
-    rotation = matrix[:3, :3]
-    if np.abs(rotation @ rotation.T - _IDENTITY).max() > 1e-3 or np.abs(matrix[3] - _RIGID_BOTTOM_ROW).max() > 1e-6:
+def _rigid(matrix: list[float], name: str) -> None:
+    """``matrix`` is column-major: the rotation's rows are matrix[r:r + 9:4], the last row matrix[3::4]."""
+    x, y, z = (matrix[r : r + 9 : 4] for r in range(3))
+    gram = (_dot(x, x) - 1, _dot(y, y) - 1, _dot(z, z) - 1, _dot(x, y), _dot(x, z), _dot(y, z))  # R R^T - I
+    if max(map(abs, gram)) > 1e-3 or max(abs(matrix[3]), abs(matrix[7]), abs(matrix[11]), abs(matrix[15] - 1)) > 1e-6:
         raise PoseError(f"{name} is not a rigid camera-to-world transform")
+
+
+def _dot(a: list[float], b: list[float]) -> float:
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+
+
+def _row_major(matrices: list[list[float]]) -> np.ndarray:
+    """(V, 4, 4) float32 from V lists of 16 column-major numbers."""
+    return np.ascontiguousarray(np.array(matrices, dtype=np.float32).reshape(-1, 4, 4).transpose(0, 2, 1))
 
 
 def parse_pose(message: str | bytes, limits: SizeLimits) -> PoseRequest:
@@ -164,12 +172,12 @@ def parse_pose(message: str | bytes, limits: SizeLimits) -> PoseRequest:
         matrix = _matrix(view.get("matrix"), f"views[{i}].matrix")
         _rigid(matrix, f"views[{i}].matrix")
         projection = _matrix(view.get("projection"), f"views[{i}].projection")
-        if projection[0, 0] <= 0 or projection[1, 1] <= 0 or projection[3, 2] != -1:
+        if projection[0] <= 0 or projection[5] <= 0 or projection[11] != -1:  # P[0, 0], P[1, 1], P[3, 2]
             raise PoseError(f"views[{i}].projection is not an OpenGL perspective projection")
         matrices.append(matrix)
         projections.append(projection)
     w, h = limits.clamp(int(width), int(height))
-    return PoseRequest(seq, client_time, w, h, np.array(matrices, dtype=np.float32), np.array(projections, dtype=np.float32))
+    return PoseRequest(seq, client_time, w, h, _row_major(matrices), _row_major(projections))
 
 
 def frame_message(seq: int, client_time: float, pts: int, timings_ms: dict[str, float]) -> str:
