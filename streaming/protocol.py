@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -108,8 +109,16 @@ def _intrinsics(projection: list[list[float]], width: int, height: int) -> list[
     return [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]
 
 
+def _finite(values: Iterable[int | float]) -> bool:
+    """All finite as floats: a JSON integer can be too large for one."""
+    try:
+        return all(map(math.isfinite, values))
+    except OverflowError:
+        return False
+
+
 def _number(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite((value,)):
         raise PoseError(f"{name} must be a finite number")
     return float(value)
 
@@ -119,7 +128,7 @@ def _matrix(values: object, name: str) -> list[float]:
     session on its event loop, where a numpy call on a 4x4 costs more than its arithmetic."""
     if not isinstance(values, list) or len(values) != 16 or not _NUMBER_TYPES.issuperset(map(type, values)):
         raise PoseError(f"{name} must be a list of 16 numbers")
-    if not all(map(math.isfinite, values)):
+    if not _finite(values):
         raise PoseError(f"{name} must hold finite numbers")
     return values
 

@@ -83,6 +83,8 @@ def test_stereo_pair_is_two_views():
         (json.dumps(message(views=[{"matrix": [0] * 15, "projection": [0] * 16}])), "matrix"),
         (json.dumps(message(views=[{"matrix": [2.0] * 16, "projection": [0] * 16}])), "rigid"),
         (json.dumps(message(t=float("inf"))), "t must be"),
+        (json.dumps(message(width=10**310)), "width must be"),  # a JSON integer too large for a float
+        (json.dumps(message(views=[{"matrix": [10**310] + [0] * 15, "projection": [0] * 16}])), "finite"),
         (json.dumps(message()).replace("100.5", "NaN"), "t must be"),
         ("x" * (MAX_MESSAGE_BYTES + 1), "exceeds"),
     ],
