@@ -40,8 +40,6 @@ PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 4096
 """A stereo pose is about 1.5 KB of JSON; anything much larger is not a pose."""
 _NUMBER_TYPES = frozenset((int, float))
-_GL_TO_CV_AXES = np.array([1.0, -1.0, -1.0], dtype=np.float32)
-"""OpenGL -> OpenCV camera axes: y and z flip (``engine.cameras.opengl_to_opencv``)."""
 
 
 class PoseError(ValueError):
@@ -91,15 +89,19 @@ class PoseRequest:
     @cached_property
     def _views(self) -> Views:
         # What engine.cameras' opengl_to_opencv, invert_rigid and intrinsics_from_projection
-        # compute, in numpy: this runs on the event loop for every pose of every session, where
-        # their thirty-odd torch calls on 4x4 matrices took ~0.3 ms a pose.
-        rotation = self.camera_to_world[:, :3, :3] * _GL_TO_CV_AXES
-        world_to_camera = np.zeros_like(self.camera_to_world)
-        world_to_camera[:, :3, :3] = rotation.transpose(0, 2, 1)
-        world_to_camera[:, :3, 3] = -np.einsum("vji,vj->vi", rotation, self.camera_to_world[:, :3, 3])  # -R^T t
-        world_to_camera[:, 3, 3] = 1
+        # compute, in plain Python on each view's lists: this runs on the event loop for every
+        # pose of every session, where their thirty-odd torch calls on 4x4s took ~0.3 ms a pose.
+        world_to_camera = np.array([_world_to_camera(m) for m in self.camera_to_world.tolist()], dtype=np.float32)
         intrinsics = np.array([_intrinsics(p, self.width, self.height) for p in self.projection.tolist()], dtype=np.float32)
         return Views(torch.from_numpy(world_to_camera), torch.from_numpy(intrinsics), self.width, self.height)
+
+
+def _world_to_camera(camera_to_world: list[list[float]]) -> list[list[float]]:
+    """OpenCV world-to-camera of one OpenGL camera-to-world [R t; 0 1]: [Q -Qt; 0 1], with Q
+    the transpose of R whose y and z rows are negated (OpenGL cameras look down -z, y up)."""
+    (r00, r01, r02, tx), (r10, r11, r12, ty), (r20, r21, r22, tz) = camera_to_world[:3]
+    q = ((r00, r10, r20), (-r01, -r11, -r21), (-r02, -r12, -r22))
+    return [[a, b, c, -(a * tx + b * ty + c * tz)] for a, b, c in q] + [[0.0, 0.0, 0.0, 1.0]]
 
 
 def _intrinsics(projection: list[list[float]], width: int, height: int) -> list[list[float]]:
