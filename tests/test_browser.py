@@ -291,3 +291,32 @@ async def test_frame_log_pairs_presented_frames_with_their_poses(server, browser
     assert locked < 10
     assert shown["shown"][locked:] == [None if lost[i] else i + 1 for i in range(locked, 120)]
     assert shown["latency"] == pytest.approx(50.0)
+
+
+async def test_frame_log_pairs_a_frame_presented_before_its_message(server, browser):
+    """The video and the data channel are separate streams, so a frame can be on screen before
+    its message comes: that message then pairs with it (once), and only the newest frame waits."""
+    page = browser.page
+    await page.goto(url(server, "/healthz"))
+    result = await page.evaluate(
+        """async () => {
+            const { FrameLog } = await import("/static/frames.js");
+            const log = new FrameLog();
+            const message = (i) => ({ type: "frame", seq: i, t: 10 * i, pts: 3000 * i, render_ms: 1, convert_ms: 1, encode_ms: 1 });
+            for (let i = 1; i <= 6; i++) {  // in order: the RTP origin locks
+                log.onMessage(message(i), 10 * i + 5);
+                log.onPresented(1000 + 3000 * i, 10 * i + 8);
+            }
+            const early = log.onPresented(1000 + 3000 * 7, 78);  // frame 7 before its message
+            const superseded = log.onPresented(1000 + 3000 * 8, 88);  // frame 8 too: 7 no longer waits
+            const stale = log.onMessage(message(7), 90);
+            const late = log.onMessage(message(8), 91);
+            const again = log.onMessage(message(8), 92);
+            return { origin: log.rtpOrigin, early, superseded, stale, late: late?.seq, again, seq: log.presentedSeq,
+                     latency: log.poseToPresentedSamples.at(-1) };
+        }"""
+    )
+    assert result["origin"] == 1000
+    assert result["early"] is None and result["superseded"] is None and result["stale"] is None
+    assert result["late"] == 8 and result["again"] is None
+    assert result["seq"] == 8 and result["latency"] == pytest.approx(88 - 80)

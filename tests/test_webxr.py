@@ -183,6 +183,10 @@ async def test_vr_session_sends_stereo_poses_and_each_eye_shows_its_own_view(tmp
         # The emulator's window covers the page (readout included): left eye, right eye.
         shown = np.asarray(Image.open(io.BytesIO(await page.screenshot(path=str(tmp_path / "vr.png")))).convert("RGB")).astype(np.float32)
         captured = await capture(page)
+        for _ in range(30):  # the shown frame's message may still be on its way: the next XR frames
+            if captured["rendered"] is not None:
+                break
+            captured = await capture(page)
         assert captured["rendered"] is not None and (captured["width"], captured["height"]) == (EYE, EYE)
         expected = fresh_renders(cloud, captured["displayed"], EYE, EYE)
         left, right = shown[:, :EYE], shown[:, EYE:]

@@ -35,10 +35,13 @@ export class FrameLog {
     this.presentedSeq = 0; // the pose shown by the newest presented frame (0: not paired yet)
     this.rtpOrigin = null;
     this._byPts = new Map();
+    this._unpaired = null; // the newest presented frame, while its message has not come: {pts, presentedAt}
     this._votes = new Map();
   }
 
-  // A frame message arrived at `now` (performance.now() ms).
+  // A frame message arrived at `now` (performance.now() ms). Returns it when it names the newest
+  // presented frame, which was on screen before its message came (the video and the data channel
+  // are separate streams): that frame is paired now. Else null.
   onMessage(message, now) {
     this.messages += 1;
     this.serverMs.render = smooth(this.serverMs.render, message.render_ms);
@@ -52,6 +55,10 @@ export class FrameLog {
       this._byPts.set(message.pts, message);
       if (this._byPts.size > MEMORY) this._byPts.delete(this._byPts.keys().next().value);
     }
+    if (this._unpaired === null || this._unpaired.pts !== message.pts) return null;
+    this._paired(message, this._unpaired.presentedAt);
+    this._unpaired = null;
+    return message;
   }
 
   // A video frame was presented (requestVideoFrameCallback): `rtpTimestamp` from its metadata,
@@ -63,15 +70,21 @@ export class FrameLog {
     if (!Number.isInteger(rtpTimestamp)) return null;
     if (this.rtpOrigin === null) this._vote(rtpTimestamp);
     if (this.rtpOrigin === null) return null;
-    const message = this._byPts.get((rtpTimestamp - this.rtpOrigin) >>> 0);
-    if (!message) return null;
+    const pts = (rtpTimestamp - this.rtpOrigin) >>> 0;
+    const message = this._byPts.get(pts);
+    this._unpaired = message ? null : { pts, presentedAt };
+    if (message) this._paired(message, presentedAt);
+    return message ?? null;
+  }
+
+  // A presented frame and its message met: the first frame of each pose is its latency sample.
+  _paired(message, presentedAt) {
     if (message.seq > this.presentedSeq) {
       this.presentedSeq = message.seq;
       this.poseToPresentedMs = smooth(this.poseToPresentedMs, presentedAt - message.t);
       this.poseToPresentedSamples.push(presentedAt - message.t);
       if (this.poseToPresentedSamples.length > LATENCIES_KEPT) this.poseToPresentedSamples.shift();
     }
-    return message;
   }
 
   // Start the latency samples afresh: the view changed (mono, stereo, VR), and so did the cost.

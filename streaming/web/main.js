@@ -71,7 +71,9 @@ async function start() {
     const current = { pc, channel, poses: new PoseStream(channel, currentPose), frames: new FrameLog() };
     channel.addEventListener("message", (event) => {
       const message = parseFrameMessage(event.data);
-      if (message) current.frames.onMessage(message, performance.now());
+      const late = message && current.frames.onMessage(message, performance.now());
+      const pose = late && current.poses.sentPose(late.seq);
+      if (pose) immersive?.framePaired(late.seq, pose.views);
     });
     channel.addEventListener("close", () => {
       if (link === current) fail("the server ended the session");

@@ -89,6 +89,17 @@ export class ImmersiveViewer {
     this._presented = { seq, views };
   }
 
+  // The newest presented frame, whose pose was not known when it was presented, shows pose `seq`
+  // after all (its frame message came late): reproject it from `views`.
+  framePaired(seq, views) {
+    if (this._presented !== null) {
+      this._presented = { seq, views };
+    } else {
+      this.renderedSeq = seq;
+      this.renderedViews = views;
+    }
+  }
+
   // This XR frame's pose for the pose protocol: each eye's viewport size, scaled to at most
   // `maxPixelsPerEye` pixels.
   pose(maxPixelsPerEye) {
