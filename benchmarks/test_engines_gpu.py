@@ -247,7 +247,7 @@ def test_lrt_forward(benchmark, lrt, variant):
 def test_torch_engine_aot_build_and_cached_start(benchmark, step, tmp_path_factory):
     """The cached torch engine: an AOTInductor package, or torch.compile with cached Inductor
     artifacts where this torch refuses packages (``torch_engine.REFUSED``); named by which ran."""
-    need_seconds("synth_step/torch-fp16-aoti-cudagraph", 300)
+    need_seconds("synth_step/torch-fp16 cached engine (aoti or compile)", 300)
     graph, inputs, reference = step
     cache = EngineCache(tmp_path_factory.mktemp("engines"))
     start = time.perf_counter()
