@@ -1,4 +1,5 @@
-"""Markers: ``gpu`` tests skip without CUDA; ``slow`` ones run only with ``--run-slow``."""
+"""Markers, for tests/ and benchmarks/ alike: ``gpu`` ones skip without CUDA; ``slow`` ones
+run only with ``--run-slow``."""
 
 import pytest
 import torch
