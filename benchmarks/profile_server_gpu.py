@@ -1,11 +1,13 @@
 """Where a streaming server's CPU goes, for the session sweep (issue 6).
 
-    python benchmarks/profile_server_gpu.py OUT_DIR [--sessions 8] [--encoder-threads 0,1] [--py-spy]
+    python benchmarks/profile_server_gpu.py OUT_DIR [--sessions 8] [--workers 1] [--encoder-threads 0,1] [--py-spy]
 
-For each encoder-thread setting: one ``splatcast serve`` process (no workers) at 720p60 with
-``--sessions`` viewer processes, and over a measuring window the server's CPU per thread (the
-busiest threads first; the event loop is one of them, and it holds the GIL), its delivered fps
-and the viewers' CPU. With ``--py-spy`` the last setting's server is then sampled by
+For each encoder-thread setting: one ``splatcast serve`` at 720p60 (``--workers`` processes
+hosting the sessions; 1: the server itself) with ``--sessions`` viewer processes, and over a
+measuring window the CPU per thread of each server process (the busiest threads first; a
+process's main thread runs its event loop, and it holds the GIL), its delivered fps, the
+stage times and skipped slots from ``/metrics``, and the viewers' CPU. With ``--py-spy`` the
+last setting's busiest session host (the server, or its busiest worker) is then sampled by
 ``py-spy record`` for another window (native frames, every thread; sampling slows it, so not
 during the measured one), its collapsed stacks and a summary of them written to OUT_DIR.
 
@@ -43,9 +45,39 @@ def thread_ticks(pid: int) -> dict[int, int]:
     return ticks
 
 
-def frames_sent(url: str) -> float:
-    text = urllib.request.urlopen(f"{url}/metrics").read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("splatcast_frames_total{"))
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (a sharded server's workers)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return sorted(found)
+
+
+def healthy(url: str) -> bool:
+    try:
+        return json.loads(urllib.request.urlopen(f"{url}/healthz").read())["status"] == "ok"
+    except (OSError, ValueError):
+        return False
+
+
+COUNTERS = {"frames": "splatcast_frames_total", "skipped": "splatcast_frames_skipped_total"}
+STAGES = ("render", "convert", "encode")
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Sums over sessions and workers: frames sent, slots skipped, and each stage's time and count."""
+    totals = dict.fromkeys([*COUNTERS, *(f"{s}_{k}" for s in STAGES for k in ("sum", "count"))], 0.0)
+    prefixes = {f"{name}{{": key for key, name in COUNTERS.items()}
+    prefixes |= {f"splatcast_{s}_seconds_{k}": f"{s}_{k}" for s in STAGES for k in ("sum", "count")}
+    for line in urllib.request.urlopen(f"{url}/metrics").read().decode().splitlines():
+        for prefix, key in prefixes.items():
+            if line.startswith(prefix):
+                totals[key] += float(line.rsplit(" ", 1)[1])
+    return totals
 
 
 def summarize(stacks: Path, top: int = 45) -> None:
@@ -71,14 +103,14 @@ def measure(args: argparse.Namespace, threads: int, profile_to: Path | None) -> 
     url = f"http://127.0.0.1:{port}"
     serve = [sys.executable, "-m", "splatcast.cli", "serve", "--port", str(port), "--width", "1280", "--height", "720",
              "--max-sessions", str(args.sessions), "--sessions-per-address", str(args.sessions), "--idle-timeout", "60",
-             "--encoder-threads", str(threads)]
-    log = args.out / f"server-{args.sessions}-t{threads}.log"
+             "--encoder-threads", str(threads), "--workers", str(args.workers)]
+    log = args.out / f"server-{args.sessions}-w{args.workers}-t{threads}.log"
     with log.open("w") as sink:
         server = subprocess.Popen(serve, stdout=sink, stderr=subprocess.STDOUT)
     viewers: list[subprocess.Popen] = []
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while "streaming" not in log.read_text():
+        while not healthy(url):  # a sharded server's workers too
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start:\n{log.read_text()}")
             time.sleep(0.2)
@@ -93,28 +125,39 @@ def measure(args: argparse.Namespace, threads: int, profile_to: Path | None) -> 
 
 def measure_window(args: argparse.Namespace, threads: int, pid: int, url: str, viewers: list[subprocess.Popen], profile_to: Path | None) -> dict:
     time.sleep(6.0)  # connected and settled
-    before_threads, before_frames = thread_ticks(pid), frames_sent(url)
+    processes = [pid, *children(pid)]
+    before_threads, before = [thread_ticks(p) for p in processes], scrape(url)
     viewer_pids = [v.pid for v in viewers]
     before_viewers = cpu_seconds(viewer_pids)
     start = time.monotonic()
     time.sleep(WINDOW_S)
     wall = time.monotonic() - start
-    after_threads, after_frames = thread_ticks(pid), frames_sent(url)
+    after_threads, after = [thread_ticks(p) for p in processes], scrape(url)
     after_viewers = cpu_seconds(viewer_pids)
+    per_process = []
+    for p, old, new in zip(processes, before_threads, after_threads):
+        busy = {t: (new[t] - old.get(t, 0)) / TICKS / wall for t in new}
+        others = sorted((b for t, b in busy.items() if t != p), reverse=True)
+        per_process.append({"pid": p, "cores": round(sum(busy.values()), 3), "threads": len(busy),
+                            "main_thread": round(busy.get(p, 0.0), 3), "busiest_other_threads": [round(b, 3) for b in others[:6]]})
+    delta = {k: after[k] - before[k] for k in after}
     if profile_to is not None:  # after the clean window: sampling slows the server down
+        host = max(per_process[1:] or per_process, key=lambda p: p["cores"])["pid"]  # the busiest worker
         subprocess.run(["py-spy", "record", "--native", "--threads", "-r", "100", "-f", "raw", "-o", str(profile_to),
-                        "-d", str(int(WINDOW_S)), "--pid", str(pid)], capture_output=True)
+                        "-d", str(int(WINDOW_S)), "--pid", str(host)], capture_output=True)
         summarize(profile_to)
-    busy = sorted(((after_threads[t] - before_threads.get(t, 0)) / TICKS / wall for t in after_threads), reverse=True)
     outputs = [v.communicate()[0].strip().splitlines() for v in viewers]
     reports = [json.loads(lines[-1]) for lines in outputs if lines]  # a viewer that failed printed nothing
     return {
         "sessions": args.sessions,
+        "workers": args.workers,
         "encoder_threads": threads,
-        "server_fps_per_session": round((after_frames - before_frames) / wall / args.sessions, 2),
-        "server_cores_busy": round(sum(busy), 2),
-        "server_threads": len(busy),
-        "busiest_threads_cores": [round(b, 3) for b in busy[:12]],
+        "server_fps_per_session": round(delta["frames"] / wall / args.sessions, 2),
+        "skipped_slots_per_s_per_session": round(delta["skipped"] / wall / args.sessions, 2),
+        **{f"{s}_ms_mean": round(1e3 * delta[f"{s}_sum"] / delta[f"{s}_count"], 3) if delta[f"{s}_count"] else None for s in STAGES},
+        "server_cores_busy": round(sum(p["cores"] for p in per_process), 2),
+        "server_cpu_ms_per_frame": round(1e3 * sum(p["cores"] for p in per_process) / max(delta["frames"] / wall, 1e-9), 2),
+        "server_processes": per_process,
         "viewer_cores_busy": round((after_viewers - before_viewers) / wall, 2),
         "viewers_reporting": len(reports),
         "viewer_fps": sorted(r["fps"] for r in reports),
@@ -127,6 +170,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--sessions", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--encoder-threads", default="0,1")
     parser.add_argument("--py-spy", action="store_true")
     args = parser.parse_args()
@@ -135,10 +179,10 @@ def main() -> None:
     results = []
     for i, threads in enumerate(settings):
         spy = args.py_spy and shutil.which("py-spy") is not None and i == len(settings) - 1
-        result = measure(args, threads, args.out / f"server-{args.sessions}-t{threads}.stacks" if spy else None)
+        result = measure(args, threads, args.out / f"server-{args.sessions}-w{args.workers}-t{threads}.stacks" if spy else None)
         print(json.dumps(result), flush=True)
         results.append(result)
-    (args.out / f"server-profile-{args.sessions}.json").write_text(json.dumps(results, indent=1))
+    (args.out / f"server-profile-{args.sessions}-w{args.workers}.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
