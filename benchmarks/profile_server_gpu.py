@@ -30,6 +30,8 @@ from test_sessions_gpu import cpu_seconds
 
 WINDOW_S = 8.0
 STARTUP_TIMEOUT_S = 120.0
+SETTLE_S = 4.0
+"""After the last session connects, before the window: its first frames and keyframe."""
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -69,9 +71,11 @@ STAGES = ("render", "convert", "encode")
 
 
 def scrape(url: str) -> dict[str, float]:
-    """Sums over sessions and workers: frames sent, slots skipped, and each stage's time and count."""
-    totals = dict.fromkeys([*COUNTERS, *(f"{s}_{k}" for s in STAGES for k in ("sum", "count"))], 0.0)
-    prefixes = {f"{name}{{": key for key, name in COUNTERS.items()}
+    """Sums over sessions and workers: live sessions, frames sent, slots skipped, and each stage's
+    time and count."""
+    totals = dict.fromkeys(["sessions", *COUNTERS, *(f"{s}_{k}" for s in STAGES for k in ("sum", "count"))], 0.0)
+    prefixes = {"splatcast_sessions ": "sessions", "splatcast_sessions{": "sessions"}
+    prefixes |= {f"{name}{{": key for key, name in COUNTERS.items()}
     prefixes |= {f"splatcast_{s}_seconds_{k}": f"{s}_{k}" for s in STAGES for k in ("sum", "count")}
     for line in urllib.request.urlopen(f"{url}/metrics").read().decode().splitlines():
         for prefix, key in prefixes.items():
@@ -114,7 +118,7 @@ def measure(args: argparse.Namespace, threads: int, profile_to: Path | None) -> 
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start:\n{log.read_text()}")
             time.sleep(0.2)
-        viewers = [subprocess.Popen([sys.executable, "-m", "splatcast.streaming.viewer", url, "--seconds", str(2 * WINDOW_S + 12)],
+        viewers = [subprocess.Popen([sys.executable, "-m", "splatcast.streaming.viewer", url, "--seconds", str(2 * WINDOW_S + 40)],
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(args.sessions)]
         return measure_window(args, threads, server.pid, url, viewers, profile_to)
     finally:
@@ -124,7 +128,12 @@ def measure(args: argparse.Namespace, threads: int, profile_to: Path | None) -> 
 
 
 def measure_window(args: argparse.Namespace, threads: int, pid: int, url: str, viewers: list[subprocess.Popen], profile_to: Path | None) -> dict:
-    time.sleep(6.0)  # connected and settled
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while scrape(url)["sessions"] < args.sessions:  # every viewer started and connected
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{scrape(url)['sessions']:.0f} of {args.sessions} sessions connected")
+        time.sleep(0.5)
+    time.sleep(SETTLE_S)
     processes = [pid, *children(pid)]
     before_threads, before = [thread_ticks(p) for p in processes], scrape(url)
     viewer_pids = [v.pid for v in viewers]
