@@ -107,8 +107,8 @@ def measure(args: argparse.Namespace, threads: int, profile_to: Path | None) -> 
     url = f"http://127.0.0.1:{port}"
     serve = [sys.executable, "-m", "splatcast.cli", "serve", "--port", str(port), "--width", "1280", "--height", "720",
              "--max-sessions", str(args.sessions), "--sessions-per-address", str(args.sessions), "--idle-timeout", "60",
-             "--encoder-threads", str(threads), "--workers", str(args.workers)]
-    log = args.out / f"server-{args.sessions}-w{args.workers}-t{threads}.log"
+             "--encoder-threads", str(threads), "--workers", str(args.workers), "--switch-interval-ms", str(args.switch_interval_ms)]
+    log = args.out / f"server-{args.sessions}-w{args.workers}-t{threads}-s{args.switch_interval_ms:g}.log"
     with log.open("w") as sink:
         server = subprocess.Popen(serve, stdout=sink, stderr=subprocess.STDOUT)
     viewers: list[subprocess.Popen] = []
@@ -118,7 +118,7 @@ def measure(args: argparse.Namespace, threads: int, profile_to: Path | None) -> 
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start:\n{log.read_text()}")
             time.sleep(0.2)
-        viewers = [subprocess.Popen([sys.executable, "-m", "splatcast.streaming.viewer", url, "--seconds", str(2 * WINDOW_S + 40)],
+        viewers = [subprocess.Popen([sys.executable, "-m", "splatcast.streaming.viewer", url, "--seconds", str(2 * WINDOW_S + 12 + args.sessions / 2)],
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(args.sessions)]
         return measure_window(args, threads, server.pid, url, viewers, profile_to)
     finally:
@@ -161,6 +161,7 @@ def measure_window(args: argparse.Namespace, threads: int, pid: int, url: str, v
         "sessions": args.sessions,
         "workers": args.workers,
         "encoder_threads": threads,
+        "switch_interval_ms": args.switch_interval_ms,
         "server_fps_per_session": round(delta["frames"] / wall / args.sessions, 2),
         "skipped_slots_per_s_per_session": round(delta["skipped"] / wall / args.sessions, 2),
         **{f"{s}_ms_mean": round(1e3 * delta[f"{s}_sum"] / delta[f"{s}_count"], 3) if delta[f"{s}_count"] else None for s in STAGES},
@@ -181,6 +182,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--encoder-threads", default="0,1")
+    parser.add_argument("--switch-interval-ms", type=float, default=0.0, help="the server's --switch-interval-ms (0: Python's 5 ms)")
     parser.add_argument("--py-spy", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -191,7 +193,7 @@ def main() -> None:
         result = measure(args, threads, args.out / f"server-{args.sessions}-w{args.workers}-t{threads}.stacks" if spy else None)
         print(json.dumps(result), flush=True)
         results.append(result)
-    (args.out / f"server-profile-{args.sessions}-w{args.workers}.json").write_text(json.dumps(results, indent=1))
+    (args.out / f"server-profile-{args.sessions}-w{args.workers}-s{args.switch_interval_ms:g}.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,13 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _milliseconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1000 ms, got {text}")
+    return value
+
+
 def _workers(text: str) -> int:
     return _non_negative_int(text) or max(1, (os.cpu_count() or 2) // 2)
 
@@ -162,6 +169,7 @@ def serve(args: argparse.Namespace) -> int:
         api_key=args.api_key or os.environ.get("SPLATCAST_API_KEY"),
         workers=args.workers,
         encoder_threads=args.encoder_threads,
+        switch_interval_ms=args.switch_interval_ms,
     )
     with console.status(f"preparing {avatar_id} ({len(cloud):,} Gaussians) for streaming"):
         app = create_app({avatar_id: cloud}, config)
@@ -242,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", help="turn security on (or set SPLATCAST_API_KEY): management calls need it, viewers need tokens")
     p.add_argument("--workers", type=_workers, default=1, help="processes hosting the sessions (0: half the CPU cores)")
     p.add_argument("--encoder-threads", type=_non_negative_int, default=0, help="threads per session's encoder (0: its share of the cores at --max-sessions)")
+    p.add_argument("--switch-interval-ms", type=_milliseconds, default=0.0, help="Python's thread switch interval in session processes (0: Python's 5 ms)")
     _reconstruction_options(p)
     p.set_defaults(run=serve)
 

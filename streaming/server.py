@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import tempfile
 import weakref
 from collections.abc import Callable
@@ -91,6 +92,10 @@ class ServerConfig:
     workers: int = 1
     """Processes that host sessions; 1: this process. More spread the per-session network work
     (aiortc's RTP, SRTP, SCTP in Python) over that many event loops sharing the GPU."""
+    switch_interval_ms: float = 0.0
+    """The interpreter's thread switch interval in each process hosting sessions (``sys.setswitchinterval``);
+    0 keeps Python's 5 ms. A render or encode thread that comes back from C code waits for the
+    GIL until the busy event loop yields or this interval ends."""
 
     def session_encoder_threads(self) -> int:
         return self.encoder_threads or max(1, (os.cpu_count() or 1) // self.max_sessions)
@@ -183,6 +188,8 @@ class StreamingServer:
         """What sessions streamed from this process need: their book, metrics and render loop;
         and each avatar's renderer compiled and cached now, not on some viewer's first frame."""
         config = self.config
+        if config.switch_interval_ms:
+            sys.setswitchinterval(config.switch_interval_ms / 1e3)
         self.sessions = SessionManager(config.max_sessions, config.idle_timeout, config.sessions_per_token, config.sessions_per_address)
         self.metrics = StreamMetrics(lambda: ((sid, s.track) for sid, s in self.sessions.sessions.items()))
         self.render_loop = RenderLoop(self.metrics)
