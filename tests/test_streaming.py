@@ -4,6 +4,7 @@ against offline renders of the poses they name."""
 import asyncio
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -272,6 +273,19 @@ async def test_each_sessions_encoder_runs_the_configured_threads(threads):
         viewer, session, _ = await streaming_viewer(test_server, frames=3)
         assert session.track._encoder._context.thread_count == threads
         await viewer.close()
+
+
+def test_a_server_sets_the_configured_thread_switch_interval():
+    """Process-wide, so set by the server that hosts sessions and put back here."""
+    before = sys.getswitchinterval()
+    try:
+        create_app({"figure": figure_cloud()}, ServerConfig(width=WIDTH, height=HEIGHT, switch_interval_ms=0.5))
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+        sys.setswitchinterval(before)
+        create_app({"figure": figure_cloud()}, ServerConfig(width=WIDTH, height=HEIGHT))
+        assert sys.getswitchinterval() == before  # 0: Python's own left alone
+    finally:
+        sys.setswitchinterval(before)
 
 
 async def test_vp8_is_the_fallback_when_a_peer_offers_no_h264(server):
