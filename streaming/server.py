@@ -93,9 +93,9 @@ class ServerConfig:
     """Processes that host sessions; 1: this process. More spread the per-session network work
     (aiortc's RTP, SRTP, SCTP in Python) over that many event loops sharing the GPU."""
     switch_interval_ms: float = 0.0
-    """The interpreter's thread switch interval in each process hosting sessions (``sys.setswitchinterval``);
-    0 keeps Python's 5 ms. A render or encode thread that comes back from C code waits for the
-    GIL until the busy event loop yields or this interval ends."""
+    """Python's thread switch interval in each process hosting sessions (``sys.setswitchinterval``);
+    0 leaves the interpreter's own (5 ms by default). A render or encode thread back from C code
+    waits for the GIL until the busy event loop yields it or this interval ends."""
 
     def session_encoder_threads(self) -> int:
         return self.encoder_threads or max(1, (os.cpu_count() or 1) // self.max_sessions)
