@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import time
 from collections import OrderedDict
@@ -18,15 +19,21 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessi
 from ..engine.cameras import intrinsics_from_fov, opencv_to_opengl, orbit_camera, projection_from_intrinsics
 
 
+@functools.lru_cache(maxsize=8)
+def _projection(fov_deg: float, width: int, height: int) -> list[float]:
+    """Column-major GL projection of a view size: the same for every pose of a viewer, and half a
+    pose message's cost, which a viewer flooding thousands a second cannot spare."""
+    return projection_from_intrinsics(intrinsics_from_fov(fov_deg, width, height), width, height).T.flatten().tolist()
+
+
 def pose_message(seq: int, azimuth_deg: float, width: int, height: int, radius: float, centre, fov_deg: float = 40.0, views: int = 1) -> str:
     """A v1 pose of an orbit camera, as the web client would send it (column-major GL matrices)."""
-    intrinsics = intrinsics_from_fov(fov_deg, width, height)
-    projection = projection_from_intrinsics(intrinsics, width, height)
+    projection = _projection(fov_deg, width, height)
     eyes = [-3.0, 3.0] if views == 2 else [0.0]
     payload = []
     for offset in eyes:
         camera_to_world = opencv_to_opengl(orbit_camera(azimuth_deg + offset, 5.0, radius, tuple(centre)))
-        payload.append({"matrix": camera_to_world.T.flatten().tolist(), "projection": projection.T.flatten().tolist()})
+        payload.append({"matrix": camera_to_world.T.flatten().tolist(), "projection": projection})
     return json.dumps({"v": 1, "type": "pose", "seq": seq, "t": time.monotonic() * 1e3, "width": width, "height": height, "views": payload})
 
 
