@@ -26,7 +26,7 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from test_sessions_gpu import cpu_seconds
+from test_sessions_gpu import cpu_seconds, samples_of, total
 
 WINDOW_S = 8.0
 STARTUP_TIMEOUT_S = 120.0
@@ -66,21 +66,18 @@ def healthy(url: str) -> bool:
         return False
 
 
-COUNTERS = {"frames": "splatcast_frames_total", "skipped": "splatcast_frames_skipped_total"}
+COUNTERS = {"sessions": "splatcast_sessions", "frames": "splatcast_frames_total", "skipped": "splatcast_frames_skipped_total"}
 STAGES = ("render", "convert", "encode")
 
 
 def scrape(url: str) -> dict[str, float]:
     """Sums over sessions and workers: live sessions, frames sent, slots skipped, and each stage's
     time and count."""
-    totals = dict.fromkeys(["sessions", *COUNTERS, *(f"{s}_{k}" for s in STAGES for k in ("sum", "count"))], 0.0)
-    prefixes = {"splatcast_sessions ": "sessions", "splatcast_sessions{": "sessions"}
-    prefixes |= {f"{name}{{": key for key, name in COUNTERS.items()}
-    prefixes |= {f"splatcast_{s}_seconds_{k}": f"{s}_{k}" for s in STAGES for k in ("sum", "count")}
-    for line in urllib.request.urlopen(f"{url}/metrics").read().decode().splitlines():
-        for prefix, key in prefixes.items():
-            if line.startswith(prefix):
-                totals[key] += float(line.rsplit(" ", 1)[1])
+    samples = samples_of(urllib.request.urlopen(f"{url}/metrics").read().decode())
+    totals = {key: total(samples, name) for key, name in COUNTERS.items()}
+    for stage in STAGES:
+        for part in ("sum", "count"):
+            totals[f"{stage}_{part}"] = total(samples, f"splatcast_{stage}_seconds_{part}")
     return totals
 
 

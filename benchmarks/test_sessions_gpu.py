@@ -42,9 +42,12 @@ ENCODER_THREADS = int(os.environ.get("SPLATCAST_SWEEP_ENCODER_THREADS", "0"))
 async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, list]:
     """The server's /metrics (a sharded front's covers every worker): sample name -> samples."""
     async with http.get(f"{url}/metrics") as response:
-        text = await response.text()
+        return samples_of(await response.text())
+
+
+def samples_of(exposition: str) -> dict[str, list]:
     samples = defaultdict(list)
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(exposition):
         for sample in family.samples:
             samples[sample.name].append(sample)
     return samples
