@@ -52,6 +52,9 @@ with the sessions due each tick (and in grouping, mono beside stereo), and a sha
 again must not be captured again."""
 _SHRINK_AFTER = 64
 """Frames in a row using under a quarter of a plan's pair slots before the slots shrink."""
+_POLL_US = 20.0
+"""Sleep between polls of a frame running past its expected end (Linux adds its timer slack,
+50 us by default, to each sleep)."""
 
 _extension = None
 _extension_error: Exception | None = None
@@ -168,6 +171,7 @@ class _Plan:
     layout: torch.Tensor | None = None
     frame_spans: list[tuple[int, int]] = field(default_factory=list)  # each frame's (byte offset, luma width) in i420
     graph: torch.cuda.CUDAGraph | None = None
+    frame_us: float = 0.0  # GPU time of the last frame, what the host sleeps through next time
     temp_checked: bool = False  # the shared sort storage is known to fit this plan's sorts
     underused: int = 0
 
@@ -197,8 +201,9 @@ class CudaRasterizer:
     ``max_pairs`` per pass, past which a call is rendered in several passes. ``storage`` is
     the dtype of rotations, scales and SH coefficients (float32 or float16, see module doc).
     ``graphs`` replays one captured CUDA graph per call shape (off: plain launches).
-    ``spin_us``: how long the host polls a frame before it sleeps on it; a frame that ends by
-    then is seen at once, and a longer one leaves the core to a server's encoders.
+    ``spin_us``: how long before a frame's expected end (the GPU time of the last frame of the
+    same shape) the host stops sleeping and polls it, so that its end is seen at once while the
+    core stays free for a server's encoders through the rest of the frame.
 
     Outputs live in buffers reused by the next call of the same shape: ``render`` returns a
     copy, as ``render_i420`` returns frames in fresh pinned memory.
@@ -211,7 +216,7 @@ class CudaRasterizer:
         storage: torch.dtype = torch.float16,
         max_pairs: int = 1 << 28,
         graphs: bool = True,
-        spin_us: float = 250.0,
+        spin_us: float = 100.0,
         device: torch.device | str | None = None,
     ) -> None:
         if storage not in (torch.float32, torch.float16):
@@ -233,7 +238,8 @@ class CudaRasterizer:
         self._plans: OrderedDict[tuple, _Plan] = OrderedDict()
         self._packed: tuple[GaussianCloud, tuple, PackedCloud] | None = None
         self._total_host = torch.zeros(1, dtype=torch.int64, pin_memory=True)
-        self._frame_done = torch.cuda.Event(blocking=True)  # blocking: see ``spin_us``
+        self._frame_start = torch.cuda.Event(enable_timing=True)
+        self._frame_done = torch.cuda.Event(enable_timing=True)
         self.passes = 0
         """Passes of the last call: 1, or the number of chunks of a call past ``max_pairs``."""
 
@@ -377,10 +383,7 @@ class CudaRasterizer:
         if not plan.temp_checked:
             self._reserve_temp(plan, plan.pair_slots)
             plan.temp_checked = True
-        if not self.graphs:
-            self._frame(packed, plan)
-            return
-        if plan.graph is None:
+        if self.graphs and plan.graph is None:
             # Capture after an eager run on the same stream: lazy initialisation (cub's
             # kernels, the caching allocator) must not happen inside the capture.
             self._frame(packed, plan)
@@ -388,7 +391,11 @@ class CudaRasterizer:
             with torch.cuda.graph(graph):
                 self._frame(packed, plan)
             plan.graph = graph
-        plan.graph.replay()
+        self._frame_start.record()
+        if self.graphs:
+            plan.graph.replay()
+        else:
+            self._frame(packed, plan)
 
     def _render(self, cloud: GaussianCloud | PackedCloud, views: Views, background, views_per_frame: list[int] | None) -> tuple[_Plan, torch.Tensor | None]:
         """Render and wait; with ``views_per_frame``, also return the I420 frames' host copy."""
@@ -436,7 +443,8 @@ class CudaRasterizer:
     def _finish(self, plan: _Plan) -> int:
         """Wait for the frame; return the pairs it made, the one number the host reads."""
         self._frame_done.record()
-        self._ext.wait_event(self._frame_done.cuda_event, self.spin_us)
+        self._ext.wait_event(self._frame_done.cuda_event, max(0.0, plan.frame_us - self.spin_us), self.spin_us, _POLL_US)
+        plan.frame_us = 1000.0 * self._frame_start.elapsed_time(self._frame_done)
         return int(self._total_host[0]) if plan.num_views * plan.num_gaussians > 0 else 0
 
     def _render_in_chunks(self, plan: _Plan, total: int) -> None:
@@ -446,6 +454,7 @@ class CudaRasterizer:
         slots = self.max_pairs
         self._reserve_pairs(slots)
         self._reserve_temp(plan, slots)
+        self._frame_start.record()
         state = torch.empty(plan.num_views, plan.height, plan.width, 4, dtype=torch.float32, device=self.device)
         bases = range(0, total, slots)
         for i, base in enumerate(bases):

@@ -227,8 +227,9 @@ def test_i420_frames_belong_to_the_caller(rasterizers, generator):
 
 def test_i420_frames_of_a_regrown_frame_whether_the_host_spins_or_sleeps(generator):
     """A first frame that overflows its pair slots is rendered again, and the frames handed
-    back are the second render's: the same as a warm rasterizer's, for a host that sleeps on
-    the frame at once and for one that polls it throughout."""
+    back are the second render's: the same as a warm rasterizer's, for a host that sleeps
+    through the frame and for one that polls it throughout, and again on the next frame, which
+    the host sleeps through by the first one's GPU time."""
     cloud = random_cloud(2000, sh_degree=3, extent=0.5, scale_range=(0.5, 2.0), generator=generator).to("cuda")
     views, background = random_views(generator, 1, 320, 240), background_for(generator)
     warm = cuda_rasterizer.CudaRasterizer(1 << 12, storage=torch.float32)
@@ -239,6 +240,9 @@ def test_i420_frames_of_a_regrown_frame_whether_the_host_spins_or_sleeps(generat
         (frame,) = rasterizer.render_i420(cloud, views, background)
         (plan,) = rasterizer._plans.values()
         assert plan.pair_slots > 1 << 16  # the first render overflowed and grew
+        assert torch.equal(frame, expected)
+        assert plan.frame_us > 0
+        (frame,) = rasterizer.render_i420(cloud, views, background)
         assert torch.equal(frame, expected)
 
 
