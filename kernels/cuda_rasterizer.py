@@ -202,8 +202,9 @@ class CudaRasterizer:
     the dtype of rotations, scales and SH coefficients (float32 or float16, see module doc).
     ``graphs`` replays one captured CUDA graph per call shape (off: plain launches).
     ``spin_us``: how long before a frame's expected end (the GPU time of the last frame of the
-    same shape) the host stops sleeping and polls it, so that its end is seen at once while the
-    core stays free for a server's encoders through the rest of the frame.
+    same shape, less the host's measured wake-up latency) the host stops sleeping and polls it,
+    so that its end is seen at once while the core stays free for a server's encoders through
+    the rest of the frame. A large value polls throughout: the least latency, a core per frame.
 
     Outputs live in buffers reused by the next call of the same shape: ``render`` returns a
     copy, as ``render_i420`` returns frames in fresh pinned memory.
@@ -240,6 +241,7 @@ class CudaRasterizer:
         self._total_host = torch.zeros(1, dtype=torch.int64, pin_memory=True)
         self._frame_start = torch.cuda.Event(enable_timing=True)
         self._frame_done = torch.cuda.Event(enable_timing=True)
+        self._wake_us = 0.0  # how late the host's sleeps end, a moving average
         self.passes = 0
         """Passes of the last call: 1, or the number of chunks of a call past ``max_pairs``."""
 
@@ -443,7 +445,10 @@ class CudaRasterizer:
     def _finish(self, plan: _Plan) -> int:
         """Wait for the frame; return the pairs it made, the one number the host reads."""
         self._frame_done.record()
-        self._ext.wait_event(self._frame_done.cuda_event, max(0.0, plan.frame_us - self.spin_us), self.spin_us, _POLL_US)
+        sleep_us = max(0.0, plan.frame_us - self.spin_us - self._wake_us)
+        overshoot_us = self._ext.wait_event(self._frame_done.cuda_event, sleep_us, self.spin_us, _POLL_US)
+        if overshoot_us >= 0:
+            self._wake_us += 0.25 * (overshoot_us - self._wake_us)
         plan.frame_us = 1000.0 * self._frame_start.elapsed_time(self._frame_done)
         return int(self._total_host[0]) if plan.num_views * plan.num_gaussians > 0 else 0
 

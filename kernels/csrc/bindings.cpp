@@ -184,26 +184,32 @@ void copy(const torch::Tensor& dst, const torch::Tensor& src) {
     check_cuda(cudaMemcpyAsync(dst.data_ptr(), src.data_ptr(), src.nbytes(), cudaMemcpyDefault, stream()), "copy");
 }
 
-// Wait for a recorded event, seeing its end at once without holding a core for the frame:
-// sleep for sleep_us (the caller's estimate of the frame's time left, short of its end), poll it
-// for spin_us, then poll it every poll_us between short sleeps. No blocking-sync wait: waking
-// from one took 0.3-0.4 ms on the H200 host, more than the stereo frame's margin. Called
+// Wait for a recorded event, seeing its end at once without holding a core for the whole frame:
+// sleep for sleep_us (the caller's estimate of the time left, short of the frame's end), poll
+// the event for spin_us, then poll it every poll_us between short sleeps. Returns how much later
+// than asked the sleep ended (the host's wake-up latency, which the caller leaves out of the next
+// sleep), or -1 where it did not sleep. No blocking-sync wait: waking from one took 0.3-0.4 ms on the H200 host. Called
 // without the GIL.
-void wait_event(int64_t event, double sleep_us, double spin_us, double poll_us) {
+double wait_event(int64_t event, double sleep_us, double spin_us, double poll_us) {
+    using clock = std::chrono::steady_clock;
     using micros = std::chrono::duration<double, std::micro>;
     const auto handle = reinterpret_cast<cudaEvent_t>(event);
+    double overshoot_us = -1.0;
     cudaError_t state = cudaEventQuery(handle);
     if (state == cudaErrorNotReady && sleep_us > 0) {
+        const auto start = clock::now();
         std::this_thread::sleep_for(micros(sleep_us));
+        overshoot_us = micros(clock::now() - start).count() - sleep_us;
         state = cudaEventQuery(handle);
     }
-    const auto deadline = std::chrono::steady_clock::now() + micros(spin_us);
-    while (state == cudaErrorNotReady && std::chrono::steady_clock::now() < deadline) state = cudaEventQuery(handle);
+    const auto deadline = clock::now() + micros(spin_us);
+    while (state == cudaErrorNotReady && clock::now() < deadline) state = cudaEventQuery(handle);
     while (state == cudaErrorNotReady) {
         std::this_thread::sleep_for(micros(poll_us));
         state = cudaEventQuery(handle);
     }
     check_cuda(state, "wait");
+    return overshoot_us;
 }
 
 void blend(const torch::Tensor& ranges, const c10::optional<torch::Tensor>& tile_order, const torch::Tensor& values,
