@@ -11,8 +11,10 @@ Python time goes.
 """
 
 import cProfile
+import datetime
 import io
 import json
+import os
 import pstats
 import statistics
 import sys
@@ -78,7 +80,8 @@ def main(path: str) -> None:
         torch.cuda.empty_cache()
         print(case, {name: results[-1][name] for name in VARIANTS}, flush=True)
     with open(path, "w") as f:
-        json.dump({"device": torch.cuda.get_device_name(), "rounds": ROUNDS, "frames_per_round": FRAMES_PER_ROUND, "cases": results}, f, indent=1)
+        json.dump({"device": torch.cuda.get_device_name(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                   "commit": os.environ.get("SPLATCAST_COMMIT", ""), "torch": torch.__version__, "rounds": ROUNDS, "frames_per_round": FRAMES_PER_ROUND, "cases": results}, f, indent=1)
     print(results[0]["profile"])
 
 
