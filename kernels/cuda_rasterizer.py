@@ -127,15 +127,12 @@ class PackedCloud:
 
 
 def view_parameters(views: Views, out: np.ndarray) -> None:
-    """Write the (V, 20) float32 rows of the kernels' ``ViewParams`` into ``out``: R (row-major),
-    t, fx, fy, cx, cy, camera centre -R^T t, pad. NumPy, as few steps as it takes: this runs on
-    the host before every frame."""
-    w2c, k = (t.numpy() if t.device.type == "cpu" else t.cpu().numpy() for t in (views.world_to_camera.detach(), views.intrinsics.detach()))
-    rotation, translation = w2c[:, :3, :3], w2c[:, :3, 3]
-    out[:, :9] = rotation.reshape(-1, 9)
-    out[:, 9:12] = translation
-    out[:, 12:16] = k.reshape(-1, 9)[:, [0, 4, 2, 5]]
-    out[:, 16:19] = -np.matmul(translation[:, None, :], rotation)[:, 0]
+    """Write the kernels' ``ViewParams`` rows into ``out`` ((V, >= 21) float32): the top three
+    rows of each world-to-camera matrix, then the intrinsics, row-major, as they are (the kernel
+    derives the rest), since this runs on the host before every frame."""
+    world_to_camera = views.world_to_camera.detach().cpu().numpy()
+    out[:, :12] = world_to_camera[:, :3].reshape(-1, 12)
+    out[:, 12:21] = views.intrinsics.detach().cpu().numpy().reshape(-1, 9)
 
 
 def frame_layout(width: int, height: int, views_per_frame: list[int]) -> tuple[torch.Tensor, list[tuple[int, int]], int]:
@@ -158,6 +155,7 @@ class _Plan:
     packed: PackedCloud
     num_gaussians: int
     num_views: int
+    view_floats: int  # per view in inputs: the kernels' ViewParams
     width: int
     height: int
     inputs_host: torch.Tensor  # pinned: view parameters then background
@@ -177,11 +175,11 @@ class _Plan:
 
     @property
     def views(self) -> torch.Tensor:
-        return self.inputs[: 20 * self.num_views].view(self.num_views, 20)
+        return self.inputs[: self.view_floats * self.num_views].view(self.num_views, self.view_floats)
 
     @property
     def background(self) -> torch.Tensor:
-        return self.inputs[20 * self.num_views : 20 * self.num_views + 3]
+        return self.inputs[self.view_floats * self.num_views :][:3]
 
     @property
     def tiles_per_view(self) -> int:
@@ -239,8 +237,9 @@ class CudaRasterizer:
         self._plans: OrderedDict[tuple, _Plan] = OrderedDict()
         self._packed: tuple[GaussianCloud, tuple, PackedCloud] | None = None
         self._total_host = torch.zeros(1, dtype=torch.int64, pin_memory=True)
-        self._frame_start = torch.cuda.Event(enable_timing=True)
-        self._frame_done = torch.cuda.Event(enable_timing=True)
+        self._total_np = self._total_host.numpy()
+        with torch.cuda.device(self.device):
+            self._events = self._ext.FrameEvents()
         self._wake_us = 0.0  # how late the host's sleeps end, a moving average
         self.passes = 0
         """Passes of the last call: 1, or the number of chunks of a call past ``max_pairs``."""
@@ -307,12 +306,14 @@ class CudaRasterizer:
         if plan is not None:
             self._plans.move_to_end(key)
             return plan
-        inputs_host = torch.zeros(20 * v + 4, dtype=torch.float32, pin_memory=True)
+        view_floats = self._ext.VIEW_FLOATS
+        inputs_host = torch.zeros(view_floats * v + 4, dtype=torch.float32, pin_memory=True)
         tiles = v * math.ceil(views.width / TILE_SIZE) * math.ceil(views.height / TILE_SIZE)
         plan = _Plan(
             packed=packed,
             num_gaussians=n,
             num_views=v,
+            view_floats=view_floats,
             width=views.width,
             height=views.height,
             inputs_host=inputs_host,
@@ -393,7 +394,7 @@ class CudaRasterizer:
             with torch.cuda.graph(graph):
                 self._frame(packed, plan)
             plan.graph = graph
-        self._frame_start.record()
+        self._events.start()
         if self.graphs:
             plan.graph.replay()
         else:
@@ -405,10 +406,11 @@ class CudaRasterizer:
             raise TypeError(f"views must be a Views batch, got {type(views).__name__}")
         packed = self._pack(cloud)
         plan = self._plan(packed, views, views_per_frame)
-        view_parameters(views, plan.inputs_np[: 20 * plan.num_views].reshape(plan.num_views, 20))
+        view_rows = plan.view_floats * plan.num_views
+        view_parameters(views, plan.inputs_np[:view_rows].reshape(plan.num_views, plan.view_floats))
         if isinstance(background, torch.Tensor):
             background = background.detach().cpu().numpy()
-        plan.inputs_np[20 * plan.num_views : 20 * plan.num_views + 3] = background
+        plan.inputs_np[view_rows : view_rows + 3] = background
         with torch.cuda.device(self.device):
             self.passes = 1
             self._run(packed, plan)
@@ -444,13 +446,12 @@ class CudaRasterizer:
 
     def _finish(self, plan: _Plan) -> int:
         """Wait for the frame; return the pairs it made, the one number the host reads."""
-        self._frame_done.record()
         sleep_us = max(0.0, plan.frame_us - self.spin_us - self._wake_us)
-        overshoot_us = self._ext.wait_event(self._frame_done.cuda_event, sleep_us, self.spin_us, _POLL_US)
+        overshoot_us = self._events.wait(sleep_us, self.spin_us, _POLL_US)
         if overshoot_us >= 0:
             self._wake_us += 0.25 * (overshoot_us - self._wake_us)
-        plan.frame_us = 1000.0 * self._frame_start.elapsed_time(self._frame_done)
-        return int(self._total_host[0]) if plan.num_views * plan.num_gaussians > 0 else 0
+        plan.frame_us = self._events.gpu_us()
+        return int(self._total_np[0]) if plan.num_views * plan.num_gaussians > 0 else 0
 
     def _render_in_chunks(self, plan: _Plan, total: int) -> None:
         """A frame of more than ``max_pairs`` pairs: consecutive ranges of the depth-ordered pair
@@ -459,7 +460,7 @@ class CudaRasterizer:
         slots = self.max_pairs
         self._reserve_pairs(slots)
         self._reserve_temp(plan, slots)
-        self._frame_start.record()
+        self._events.start()
         state = torch.empty(plan.num_views, plan.height, plan.width, 4, dtype=torch.float32, device=self.device)
         bases = range(0, total, slots)
         for i, base in enumerate(bases):

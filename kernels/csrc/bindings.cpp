@@ -30,6 +30,8 @@ T* ptr(const torch::Tensor& t) {
 
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
+constexpr int64_t VIEW_FLOATS = sizeof(ViewParams) / sizeof(float);
+
 void preprocess(const torch::Tensor& means_opacity, const torch::Tensor& shape, const torch::Tensor& sh, int64_t sh_degree,
                 const torch::Tensor& views, int64_t width, int64_t height, const torch::Tensor& splats,
                 const torch::Tensor& depth_keys, const torch::Tensor& entry_ids, const torch::Tensor& tile_counts) {
@@ -42,7 +44,7 @@ void preprocess(const torch::Tensor& means_opacity, const torch::Tensor& shape, 
     TORCH_CHECK(sh.dim() == 2 && sh.size(0) == n, "sh must be (N, stride)");
     check_buffer(sh, shape.scalar_type(), 0, "sh");
     TORCH_CHECK(sh.size(1) >= 3 * (sh_degree + 1) * (sh_degree + 1), "sh rows too short for degree ", sh_degree);
-    check_buffer(views, torch::kFloat32, v * 20, "views");
+    check_buffer(views, torch::kFloat32, v * VIEW_FLOATS, "views");
     check_buffer(splats, torch::kFloat32, 8 * entries, "splats");
     check_buffer(depth_keys, torch::kInt32, entries, "depth_keys");
     check_buffer(entry_ids, torch::kInt32, entries, "entry_ids");
@@ -184,33 +186,62 @@ void copy(const torch::Tensor& dst, const torch::Tensor& src) {
     check_cuda(cudaMemcpyAsync(dst.data_ptr(), src.data_ptr(), src.nbytes(), cudaMemcpyDefault, stream()), "copy");
 }
 
-// Wait for a recorded event, seeing its end at once without holding a core for the whole frame:
-// sleep for sleep_us (the caller's estimate of the time left, short of the frame's end), poll
-// the event for spin_us, then poll it every poll_us between short sleeps. Returns how much later
-// than asked the sleep ended (the host's wake-up latency, which the caller leaves out of the next
-// sleep), or -1 where it did not sleep. No blocking-sync wait: waking from one took 0.3-0.4 ms on the H200 host. Called
-// without the GIL.
-double wait_event(int64_t event, double sleep_us, double spin_us, double poll_us) {
-    using clock = std::chrono::steady_clock;
-    using micros = std::chrono::duration<double, std::micro>;
-    const auto handle = reinterpret_cast<cudaEvent_t>(event);
-    double overshoot_us = -1.0;
-    cudaError_t state = cudaEventQuery(handle);
-    if (state == cudaErrorNotReady && sleep_us > 0) {
-        const auto start = clock::now();
-        std::this_thread::sleep_for(micros(sleep_us));
-        overshoot_us = micros(clock::now() - start).count() - sleep_us;
-        state = cudaEventQuery(handle);
+// The two timing events around a frame, recorded on the current stream from C++ (torch's
+// Event.record looks the stream up in Python, ~10 us a call on the GPU host), and the wait for
+// the frame's end: see wait().
+class FrameEvents {
+public:
+    FrameEvents() {
+        check_cuda(cudaEventCreate(&start_), "event");
+        check_cuda(cudaEventCreate(&done_), "event");
     }
-    const auto deadline = clock::now() + micros(spin_us);
-    while (state == cudaErrorNotReady && clock::now() < deadline) state = cudaEventQuery(handle);
-    while (state == cudaErrorNotReady) {
-        std::this_thread::sleep_for(micros(poll_us));
-        state = cudaEventQuery(handle);
+    ~FrameEvents() {
+        cudaEventDestroy(start_);
+        cudaEventDestroy(done_);
     }
-    check_cuda(state, "wait");
-    return overshoot_us;
-}
+    FrameEvents(const FrameEvents&) = delete;
+    FrameEvents& operator=(const FrameEvents&) = delete;
+
+    void start() { check_cuda(cudaEventRecord(start_, stream()), "record"); }
+
+    // Mark the frame's end and wait for it, seeing it at once without holding a core for the
+    // whole frame: sleep for sleep_us (the caller's estimate of the time left, short of the
+    // end), poll for spin_us, then poll every poll_us between short sleeps. Returns how much later
+    // than asked the sleep ended (the host's wake-up latency, which the caller leaves out of the
+    // next sleep), or -1 where it did not sleep. No blocking-sync wait: waking from one took
+    // 0.3-0.4 ms on the H200 host. Called without the GIL.
+    double wait(double sleep_us, double spin_us, double poll_us) {
+        using clock = std::chrono::steady_clock;
+        using micros = std::chrono::duration<double, std::micro>;
+        check_cuda(cudaEventRecord(done_, stream()), "record");
+        double overshoot_us = -1.0;
+        cudaError_t state = cudaEventQuery(done_);
+        if (state == cudaErrorNotReady && sleep_us > 0) {
+            const auto start = clock::now();
+            std::this_thread::sleep_for(micros(sleep_us));
+            overshoot_us = micros(clock::now() - start).count() - sleep_us;
+            state = cudaEventQuery(done_);
+        }
+        const auto deadline = clock::now() + micros(spin_us);
+        while (state == cudaErrorNotReady && clock::now() < deadline) state = cudaEventQuery(done_);
+        while (state == cudaErrorNotReady) {
+            std::this_thread::sleep_for(micros(poll_us));
+            state = cudaEventQuery(done_);
+        }
+        check_cuda(state, "wait");
+        return overshoot_us;
+    }
+
+    // GPU microseconds from start() to the end wait() waited for.
+    double gpu_us() const {
+        float ms = 0.0f;
+        check_cuda(cudaEventElapsedTime(&ms, start_, done_), "elapsed time");
+        return 1000.0 * ms;
+    }
+
+private:
+    cudaEvent_t start_ = nullptr, done_ = nullptr;
+};
 
 void blend(const torch::Tensor& ranges, const c10::optional<torch::Tensor>& tile_order, const torch::Tensor& values,
            const torch::Tensor& splats, const torch::Tensor& background, int64_t num_views, int64_t width, int64_t height,
@@ -267,6 +298,7 @@ void rgb_to_i420(const torch::Tensor& image, const torch::Tensor& layout, const 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     using namespace splatcast;
     m.attr("TILE") = TILE;
+    m.attr("VIEW_FLOATS") = VIEW_FLOATS;
     m.def("preprocess", &preprocess);
     m.def("sort_temp_bytes", &sort_temp_bytes);
     m.def("sort_depths", &sort_depths);
@@ -276,7 +308,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("tile_ranges", &tile_ranges);
     m.def("order_tiles", &order_tiles);
     m.def("copy", &copy);
-    m.def("wait_event", &wait_event, pybind11::call_guard<pybind11::gil_scoped_release>());
+    pybind11::class_<FrameEvents>(m, "FrameEvents")
+        .def(pybind11::init<>())
+        .def("start", &FrameEvents::start)
+        .def("wait", &FrameEvents::wait, pybind11::call_guard<pybind11::gil_scoped_release>())
+        .def("gpu_us", &FrameEvents::gpu_us);
     m.def("blend", &blend);
     m.def("rgb_to_i420", &rgb_to_i420);
 }

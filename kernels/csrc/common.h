@@ -24,12 +24,12 @@ constexpr uint32_t INVALID_KEY = 0xffffffffu;  // culled entries and unused pair
 
 // One view: OpenCV world-to-camera rotation (row-major) and translation, pinhole intrinsics,
 // and the camera centre in world space (for the SH view direction). 20 floats.
+// A view as the host has it, copied without rearranging (the host writes it before every frame):
+// the top three rows of the 4x4 world-to-camera matrix [R | t] and the 3x3 intrinsics, row-major.
 struct ViewParams {
-    float r[9];
-    float t[3];
-    float fx, fy, cx, cy;
-    float centre[3];
-    float pad;
+    float world_to_camera[12];
+    float intrinsics[9];
+    float pad[3];
 };
 
 // Per (view, Gaussian) entry, written by preprocess, read by emission and blending: one 32-byte

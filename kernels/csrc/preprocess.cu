@@ -97,25 +97,27 @@ __global__ void __launch_bounds__(128) preprocess_kernel(
         depth_keys[entry] = INVALID_KEY;
         tile_counts[entry] = 0;
 
-        const float* r = view.r;
-        const float px = r[0] * mo.x + r[1] * mo.y + r[2] * mo.z + view.t[0];
-        const float py = r[3] * mo.x + r[4] * mo.y + r[5] * mo.z + view.t[1];
-        const float pz = r[6] * mo.x + r[7] * mo.y + r[8] * mo.z + view.t[2];
+        const float* w = view.world_to_camera;
+        const float r[9] = {w[0], w[1], w[2], w[4], w[5], w[6], w[8], w[9], w[10]};
+        const float fx = view.intrinsics[0], cx = view.intrinsics[2], fy = view.intrinsics[4], cy = view.intrinsics[5];
+        const float px = r[0] * mo.x + r[1] * mo.y + r[2] * mo.z + w[3];
+        const float py = r[3] * mo.x + r[4] * mo.y + r[5] * mo.z + w[7];
+        const float pz = r[6] * mo.x + r[7] * mo.y + r[8] * mo.z + w[11];
         if (!(pz > NEAR_PLANE) || !(opacity >= ALPHA_MIN)) continue;
 
         // EWA: linearise the projection at the centre, clamped to just outside the frustum.
-        const float guard_x = FRUSTUM_GUARD * 0.5f * width / view.fx;
-        const float guard_y = FRUSTUM_GUARD * 0.5f * height / view.fy;
-        const float lim_x = fminf(fmaxf(px / pz, -(view.cx / view.fx + guard_x)), (width - view.cx) / view.fx + guard_x);
-        const float lim_y = fminf(fmaxf(py / pz, -(view.cy / view.fy + guard_y)), (height - view.cy) / view.fy + guard_y);
+        const float guard_x = FRUSTUM_GUARD * 0.5f * width / fx;
+        const float guard_y = FRUSTUM_GUARD * 0.5f * height / fy;
+        const float lim_x = fminf(fmaxf(px / pz, -(cx / fx + guard_x)), (width - cx) / fx + guard_x);
+        const float lim_y = fminf(fmaxf(py / pz, -(cy / fy + guard_y)), (height - cy) / fy + guard_y);
         const float inv_z = 1.0f / pz;
         // T = J R (2x3): the Jacobian J = [[fx/z, 0, -fx tx/z^2], [0, fy/z, -fy ty/z^2]] with
         // tx/z = lim_x, so -fx tx/z^2 = -fx lim_x / z.
         float t0[3], t1[3];
 #pragma unroll
         for (int j = 0; j < 3; ++j) {
-            t0[j] = view.fx * inv_z * (r[j] - lim_x * r[6 + j]);
-            t1[j] = view.fy * inv_z * (r[3 + j] - lim_y * r[6 + j]);
+            t0[j] = fx * inv_z * (r[j] - lim_x * r[6 + j]);
+            t1[j] = fy * inv_z * (r[3 + j] - lim_y * r[6 + j]);
         }
         float u0[3], u1[3];
 #pragma unroll
@@ -129,8 +131,8 @@ __global__ void __launch_bounds__(128) preprocess_kernel(
         const float det = a * c - b * b;
         if (!(det > 0.0f)) continue;
 
-        const float mx = view.fx * px * inv_z + view.cx;
-        const float my = view.fy * py * inv_z + view.cy;
+        const float mx = fx * px * inv_z + cx;
+        const float my = fy * py * inv_z + cy;
         const float extent_x = sqrtf(q_max * a), extent_y = sqrtf(q_max * c);  // as the reference culls
         if (!(mx + extent_x > 0.0f && mx - extent_x < width && my + extent_y > 0.0f && my - extent_y < height)) continue;
 
@@ -149,8 +151,9 @@ __global__ void __launch_bounds__(128) preprocess_kernel(
         }
         if (count == 0) continue;
 
-        // Colour seen from this camera: max(0.5 + sum_k Y_k(d) sh_k, 0), d = unit(mean - centre).
-        float dx = mo.x - view.centre[0], dy = mo.y - view.centre[1], dz = mo.z - view.centre[2];
+        // Colour seen from this camera: max(0.5 + sum_k Y_k(d) sh_k, 0), d = unit(mean - centre),
+        // and mean - centre = R^T p for the mean p in camera coordinates (R is a rotation).
+        float dx = r[0] * px + r[3] * py + r[6] * pz, dy = r[1] * px + r[4] * py + r[7] * pz, dz = r[2] * px + r[5] * py + r[8] * pz;
         const float inv_len = rsqrtf(fmaxf(dx * dx + dy * dy + dz * dz, 1e-30f));
         dx *= inv_len, dy *= inv_len, dz *= inv_len;
         float basis[K];
