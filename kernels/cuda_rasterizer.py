@@ -128,8 +128,8 @@ class PackedCloud:
 
 def view_parameters(views: Views, out: np.ndarray) -> None:
     """Write the kernels' ``ViewParams`` rows into ``out`` ((V, >= 21) float32): the top three
-    rows of each world-to-camera matrix, then the intrinsics, row-major, as they are (the kernel
-    derives the rest), since this runs on the host before every frame."""
+    rows of each world-to-camera matrix, then the intrinsics, row-major, copied as they are: this
+    runs on the host before every frame, so the kernel derives the rest."""
     world_to_camera = views.world_to_camera.detach().cpu().numpy()
     out[:, :12] = world_to_camera[:, :3].reshape(-1, 12)
     out[:, 12:21] = views.intrinsics.detach().cpu().numpy().reshape(-1, 9)
@@ -406,11 +406,11 @@ class CudaRasterizer:
             raise TypeError(f"views must be a Views batch, got {type(views).__name__}")
         packed = self._pack(cloud)
         plan = self._plan(packed, views, views_per_frame)
-        view_rows = plan.view_floats * plan.num_views
-        view_parameters(views, plan.inputs_np[:view_rows].reshape(plan.num_views, plan.view_floats))
+        views_end = plan.view_floats * plan.num_views
+        view_parameters(views, plan.inputs_np[:views_end].reshape(plan.num_views, plan.view_floats))
         if isinstance(background, torch.Tensor):
             background = background.detach().cpu().numpy()
-        plan.inputs_np[view_rows : view_rows + 3] = background
+        plan.inputs_np[views_end : views_end + 3] = background
         with torch.cuda.device(self.device):
             self.passes = 1
             self._run(packed, plan)
