@@ -6,7 +6,7 @@ Random weights cost what trained ones do. Figures:
 - synthesis: a whole SV3D_p sampling of one photo, 25 Euler steps, CLIP and VAE encoding included;
 - transformer forward: the latent reconstruction transformer on 4 views of 72^2 latents with
   2,048 prior tokens, giving 65,536 Gaussians;
-- prior fit: Anny fitted to the segmented photo (``fit_body``, 100 steps; it runs on the CPU);
+- prior fit: Anny fitted to the segmented photo (``fit_body``, 100 steps), on the CPU and on the GPU;
 - weight-free path: photo file -> Gaussians with no checkpoints (``reconstruct_photo``), the
   default that ships;
 - end to end: photo -> segmentation -> prior -> 25-step synthesis -> transformer -> Gaussians
@@ -126,11 +126,12 @@ def test_transformer_forward(benchmark, lrt):
     )
 
 
-def test_prior_fit(benchmark, body):
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_prior_fit(benchmark, body, device):
     segmentation = segment_person(load_image(astronaut()))
-    fit = benchmark.pedantic(lambda: fit_body(segmentation, body), rounds=5, warmup_rounds=1)
+    fit = benchmark.pedantic(lambda: fit_body(segmentation, body, device=device), rounds=5, warmup_rounds=1)
     assert torch.isfinite(fit.vertices).all()
-    record(benchmark, stage="prior fit", body_model="anny", steps=100, vertices=len(fit.vertices), device="cpu")
+    record(benchmark, stage="prior fit", body_model="anny", steps=100, vertices=len(fit.vertices), device=device)
 
 
 def test_weight_free_path(benchmark, body, tmp_path):

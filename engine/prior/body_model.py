@@ -49,6 +49,8 @@ class BodyModel(ABC):
         """``posed`` in closed form (see the module docstring): float32, differentiable, cheap."""
         if self._arm_basis is None:
             self._arm_basis = self._fit_arm_basis()
+        if self._arm_basis.device != arm_angles.device:
+            self._arm_basis = self._arm_basis.to(arm_angles.device)
         rest, left_cos, left_sin, right_cos, right_sin = self._arm_basis
         cos, sin = arm_angles.double().cos(), arm_angles.double().sin()
         return (rest + left_cos * cos[0] + left_sin * sin[0] + right_cos * cos[1] + right_sin * sin[1]).float()
