@@ -136,7 +136,7 @@ class ReconstructionPipeline:
                     image = load_image(photo)
                     segmentation = segment_person(image)
                 with self._timed("body prior"):
-                    fit = fit_body(segmentation, self.body_model, steps=self.config.fit_steps)
+                    fit = fit_body(segmentation, self.body_model, steps=self.config.fit_steps, device=self.synthesizer.device)
                 framings.append(frame_person(image, segmentation.mask, fit, synth_cfg.resolution))
                 fits.append(fit)
                 bars.advance(per_photo)
