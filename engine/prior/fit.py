@@ -130,10 +130,10 @@ def _fit(segmentation: Segmentation, body_model: BodyModel, intrinsics: torch.Te
         [{"params": [translation], "lr": 0.01}, {"params": [rotvec, log_scale, arms], "lr": 0.02}]
     )
     loss_of = targets.on(device, body_model.head_vertices)
-    fit_k_on, lean_prior = fit_k.to(device), LEAN_PRIOR.to(device)
+    fit_k_on, lean_prior, facing = fit_k.to(device), LEAN_PRIOR.to(device), _FACING_CAMERA.to(device)
     for _ in range(steps):
         optimiser.zero_grad()
-        points = _place(body_model.vertices(arms), rotvec, log_scale, translation)
+        points = _place(body_model.vertices(arms), rotvec, log_scale, translation, facing)
         loss = loss_of(_project(points, fit_k_on))
         loss = loss + (rotvec.square() * lean_prior).sum() + 4.0 * log_scale.square().sum()
         loss = loss + 0.2 * (arms - arms_down).square().sum()
@@ -158,9 +158,12 @@ def _fit(segmentation: Segmentation, body_model: BodyModel, intrinsics: torch.Te
     return BodyFit(vertices, body_model.faces, intrinsics, width, height, camera_to_body, visible, body_model.name)
 
 
-def _place(vertices: torch.Tensor, rotvec: torch.Tensor, log_scale: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
-    """Body frame -> camera frame: scale, rotate about the soles' origin, turn to face the camera, move."""
-    rotation = _FACING_CAMERA.to(rotvec.device) @ roma.rotvec_to_rotmat(rotvec)
+def _place(
+    vertices: torch.Tensor, rotvec: torch.Tensor, log_scale: torch.Tensor, translation: torch.Tensor, facing: torch.Tensor = _FACING_CAMERA
+) -> torch.Tensor:
+    """Body frame -> camera frame: scale, rotate about the soles' origin, turn to face the camera
+    (``facing``: ``_FACING_CAMERA`` on the tensors' device), move."""
+    rotation = facing @ roma.rotvec_to_rotmat(rotvec)
     return (vertices * log_scale.exp()) @ rotation.T + translation
 
 
