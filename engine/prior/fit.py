@@ -143,8 +143,8 @@ def _fit(segmentation: Segmentation, body_model: BodyModel, intrinsics: torch.Te
             translation[2].clamp_(min=0.2)
 
     with torch.no_grad():
+        vertices = _place(body_model.vertices(arms), rotvec, log_scale, translation, facing).cpu()
         rotvec, log_scale, translation = rotvec.cpu(), log_scale.cpu(), translation.cpu()
-        vertices = _place(body_model.vertices(arms.cpu()), rotvec, log_scale, translation)
         pixels = _project(vertices, intrinsics)
         visible = (vertices[:, 2] > 0) & (pixels >= 0).all(1) & (pixels[:, 0] < width) & (pixels[:, 1] < height)
         # body -> camera is x -> F R (s x) + t. Going back, only R's turn about the vertical is
@@ -240,7 +240,10 @@ class _Targets:
         height, width = self.mask.shape
         padded_size = torch.tensor([width + 2 * self.pad, height + 2 * self.pad], dtype=torch.float32, device=device)
         outside, contour, head_vertices = self.outside.to(device), self.contour.to(device), head_vertices.to(device)
-        face = None if self.face is None else self.face.tolist()
+        face_centre = face_width = None
+        if self.face is not None:
+            x, y, face_width, face_height = self.face.tolist()
+            face_centre = torch.tensor([x + face_width / 2, y + face_height / 2], device=device)
 
         def loss(pixels: torch.Tensor) -> torch.Tensor:
             grid = ((pixels + self.pad) / padded_size * 2 - 1)[None, None]
@@ -249,11 +252,10 @@ class _Targets:
             if len(contour):
                 nearest = torch.cdist(contour, pixels[::COVER_STRIDE]).min(1).values / self.size
                 total = total + nearest.clamp(max=0.05).square().mean() * 30.0
-            if face is not None:
-                x, y, w, h = face
+            if face_centre is not None:
                 head = pixels[head_vertices]
-                total = total + ((head.mean(0) - pixels.new_tensor([x + w / 2, y + h / 2])) / w).square().sum() * 4.0
-                total = total + (_spread(head[:, 0]) / (HEAD_WIDTH_PER_FACE * w)).log().square() * 4.0
+                total = total + ((head.mean(0) - face_centre) / face_width).square().sum() * 4.0
+                total = total + (_spread(head[:, 0]) / (HEAD_WIDTH_PER_FACE * face_width)).log().square() * 4.0
             return total
 
         return loss
