@@ -50,8 +50,11 @@ _MAX_PLANS = 32
 """Call shapes kept, each with its buffers and captured graph: a server's batches vary in size
 with the sessions due each tick (and in grouping, mono beside stereo), and a shape it meets
 again must not be captured again."""
+_PAIR_HEADROOM = 1.25
+"""Pair slots made for a measured pair count, per pair: every slot is filled, sorted and scanned
+each frame whether a pair lands in it or not, and a frame past its slots is rendered again."""
 _SHRINK_AFTER = 64
-"""Frames in a row using under a quarter of a plan's pair slots before the slots shrink."""
+"""Frames in a row using under half of a plan's pair slots before the slots shrink."""
 _POLL_US = 20.0
 """Sleep between polls of a frame running past its expected end (Linux adds its timer slack,
 50 us by default, to each sleep)."""
@@ -171,6 +174,7 @@ class _Plan:
     graph: torch.cuda.CUDAGraph | None = None
     frame_us: float = 0.0  # GPU time of the last frame, what the host sleeps through next time
     temp_checked: bool = False  # the shared sort storage is known to fit this plan's sorts
+    measured: bool = False  # pair_slots comes from a frame's count, not the first guess
     underused: int = 0
 
     @property
@@ -187,8 +191,14 @@ class _Plan:
 
     @property
     def pair_key_bits(self) -> int:
-        # 2^bits > every tile key, so INVALID_KEY's low bits sort after all of them.
+        # 2^bits > every tile key, so an unused slot's key (all bits set) sorts after all of them.
         return (self.num_views * self.tiles_per_view).bit_length()
+
+    @property
+    def pair_key_dtype(self) -> torch.dtype:
+        """int16 keys while every tile key is under 0xffff (an unused slot's key): 2 bytes less
+        per pair through emission, both sort passes and the tile ranges."""
+        return torch.int16 if self.num_views * self.tiles_per_view < 0xFFFF else torch.int32
 
 
 class CudaRasterizer:
@@ -259,7 +269,6 @@ class CudaRasterizer:
         self._tile_counts = torch.empty(entries, **i32)
         self._depth_keys_sorted = torch.empty(entries, **i32)
         self._entries_sorted = torch.empty(entries, **i32)
-        self._counts_sorted = torch.empty(entries, **i64)
         self._ends = torch.empty(entries, **i64)
         self._entry_capacity = entries
         self._invalidate_graphs()
@@ -277,7 +286,7 @@ class CudaRasterizer:
 
     def _reserve_temp(self, plan: _Plan, pairs: int) -> None:
         entries, tiles = plan.num_views * plan.num_gaussians, len(plan.ranges)
-        needed = self._ext.sort_temp_bytes(entries, pairs, plan.pair_key_bits, tiles)
+        needed = self._ext.sort_temp_bytes(entries, pairs, plan.pair_key_bits, plan.pair_key_dtype == torch.int16, tiles)
         if needed > self._temp.numel():
             self._temp = torch.empty(needed, dtype=torch.uint8, device=self.device)
             self._invalidate_graphs()
@@ -344,20 +353,21 @@ class CudaRasterizer:
             self._splats, self._depth_keys, self._entry_ids, self._tile_counts,
         )
         ext.sort_depths(self._temp, self._depth_keys, self._entry_ids, self._depth_keys_sorted, self._entries_sorted, entries)
-        ext.scan_tile_counts(self._temp, self._entries_sorted, self._tile_counts, self._counts_sorted, self._ends, entries)
+        ext.scan_tile_counts(self._temp, self._entries_sorted, self._tile_counts, self._ends, entries)
 
     def _bin_and_blend(self, plan: _Plan, base: int, slots: int, state: torch.Tensor | None, resume: bool, final: bool) -> None:
         """Stages 2b and 3 for the pairs [base, base + slots) of the depth-ordered sequence."""
         ext, entries = self._ext, plan.num_views * plan.num_gaussians
-        keys = self._pair_keys[:slots]
-        keys.fill_(-1)  # INVALID_KEY: slots no pair fills sort last and belong to no tile
+        keys = self._pair_keys.view(plan.pair_key_dtype)[:slots]
+        keys_sorted = self._pair_keys_sorted.view(plan.pair_key_dtype)[:slots]
+        keys.fill_(-1)  # all bits set: slots no pair fills sort last and belong to no tile
         ext.emit_pairs(
             self._entries_sorted, self._ends, self._splats, entries, plan.num_gaussians, plan.width, plan.height,
             base, slots, keys, self._pair_values,
         )
-        ext.sort_pairs(self._temp, keys, self._pair_values, self._pair_keys_sorted, self._pair_values_sorted, slots, plan.pair_key_bits)
+        ext.sort_pairs(self._temp, keys, self._pair_values, keys_sorted, self._pair_values_sorted, slots, plan.pair_key_bits)
         plan.ranges.zero_()
-        ext.tile_ranges(self._pair_keys_sorted, slots, plan.ranges)
+        ext.tile_ranges(keys_sorted, slots, plan.ranges)
         ext.order_tiles(self._temp, plan.ranges, *plan.order)
         ext.blend(
             plan.ranges, plan.order[3], self._pair_values_sorted, self._splats, plan.background, plan.num_views,
@@ -420,21 +430,31 @@ class CudaRasterizer:
             total = self._finish(plan)
             if total > plan.pair_slots:
                 if total <= self.max_pairs:
-                    plan.pair_slots = min(self.max_pairs, total * 5 // 4)
+                    plan.pair_slots = self._pair_slots_for(total)
                     plan.graph, plan.temp_checked = None, False
                     self._run(packed, plan)
                 else:
                     self._render_in_chunks(plan, total)
                 host = self._to_host(plan)
                 self._finish(plan)
-            elif total < plan.pair_slots // 4 and plan.pair_slots > 1 << 16:
-                plan.underused += 1
-                if plan.underused >= _SHRINK_AFTER:
-                    plan.pair_slots, plan.underused = min(self.max_pairs, max(total * 2, 1 << 16)), 0
-                    plan.graph, plan.temp_checked = None, False
+                plan.measured = True
             else:
-                plan.underused = 0
+                self._fit_pair_slots(plan, total)
         return plan, host
+
+    def _pair_slots_for(self, total: int) -> int:
+        return min(self.max_pairs, max(int(total * _PAIR_HEADROOM), 1 << 16))
+
+    def _fit_pair_slots(self, plan: _Plan, total: int) -> None:
+        """Cut a plan's pair slots to the count measured, with headroom: at once after its first
+        frame, whose slots were a guess (four pairs an entry), later only after _SHRINK_AFTER
+        frames in a row using under half of them (each cut re-captures the graph)."""
+        fitted = self._pair_slots_for(total)
+        plan.underused = plan.underused + 1 if total < plan.pair_slots // 2 else 0
+        if fitted < plan.pair_slots and (not plan.measured or plan.underused >= _SHRINK_AFTER):
+            plan.pair_slots, plan.underused = fitted, 0
+            plan.graph, plan.temp_checked = None, False
+        plan.measured = True
 
     def _to_host(self, plan: _Plan) -> torch.Tensor | None:
         """Queue the copy of the I420 frames into fresh pinned memory (the caller's to keep)."""

@@ -189,6 +189,22 @@ def test_buffers_grow_from_a_tiny_capacity(generator):
     assert torch.equal(later.render(cloud, views), roomy.render(cloud, views))
 
 
+def test_pair_slots_fit_the_first_frames_count(generator):
+    """The first frame's pair slots are a guess (four an entry); every slot is sorted each
+    frame, so the next frames make do with the first one's count and headroom, same image."""
+    cloud = cloud_for(generator, 100_000, scale_range=(0.002, 0.01))
+    views = random_views(generator, 1, 320, 240)
+    rasterizer = cuda_rasterizer.CudaRasterizer(1 << 17, storage=torch.float32)
+    first = rasterizer.render(cloud, views)
+    (plan,) = rasterizer._plans.values()
+    total = int(rasterizer._total_np[0])
+    fitted = max(int(total * cuda_rasterizer._PAIR_HEADROOM), 1 << 16)
+    assert fitted < 4 * len(cloud)  # the guess was generous
+    assert plan.pair_slots == fitted
+    assert torch.equal(rasterizer.render(cloud, views), first)
+    assert plan.pair_slots == fitted and plan.graph is not None
+
+
 def test_graph_replays_follow_new_cameras_and_backgrounds(rasterizers, generator):
     cloud = cloud_for(generator, 10_000)
     eager = cuda_rasterizer.CudaRasterizer(1 << 14, storage=torch.float16, graphs=False)

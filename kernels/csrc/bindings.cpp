@@ -73,13 +73,23 @@ int checked_count(int64_t n, const char* what) {
     return static_cast<int>(n);
 }
 
-int64_t sort_temp_bytes(int64_t num_entries_, int64_t num_pairs_, int64_t pair_bits, int64_t num_tiles_) {
+// Pair keys are int16 where every tile key of the batch is under 0xffff (all bits set marks an
+// unused slot), else int32; the caller picks, these check.
+bool short_keys(const torch::Tensor& keys, int64_t n, const char* name) {
+    const bool is_short = keys.scalar_type() == torch::kInt16;
+    check_buffer(keys, is_short ? torch::kInt16 : torch::kInt32, n, name);
+    return is_short;
+}
+
+int64_t sort_temp_bytes(int64_t num_entries_, int64_t num_pairs_, int64_t pair_bits, bool short_pair_keys, int64_t num_tiles_) {
     const int num_entries = checked_count(num_entries_, "entry"), num_pairs = checked_count(num_pairs_, "pair");
     const int num_tiles = checked_count(num_tiles_, "tile");
     size_t depth = 0, scan = 0, pairs = 0, tiles = 0;
+    const int bits = static_cast<int>(pair_bits);
     check_cuda(depth_sort(nullptr, &depth, nullptr, nullptr, nullptr, nullptr, num_entries, 0), "depth sort size");
-    check_cuda(inclusive_sum(nullptr, &scan, nullptr, nullptr, num_entries, 0), "scan size");
-    check_cuda(pair_sort(nullptr, &pairs, nullptr, nullptr, nullptr, nullptr, num_pairs, static_cast<int>(pair_bits), 0),
+    check_cuda(tile_count_ends(nullptr, &scan, nullptr, nullptr, nullptr, num_entries, 0), "scan size");
+    check_cuda(short_pair_keys ? pair_sort<uint16_t>(nullptr, &pairs, nullptr, nullptr, nullptr, nullptr, num_pairs, bits, 0)
+                               : pair_sort<uint32_t>(nullptr, &pairs, nullptr, nullptr, nullptr, nullptr, num_pairs, bits, 0),
                "pair sort size");
     check_cuda(tile_sort(nullptr, &tiles, nullptr, nullptr, nullptr, nullptr, num_tiles, 0), "tile sort size");
     return static_cast<int64_t>(std::max({depth, scan, pairs, tiles}));
@@ -98,19 +108,16 @@ void sort_depths(const torch::Tensor& temp, const torch::Tensor& keys_in, const 
 }
 
 void scan_tile_counts(const torch::Tensor& temp, const torch::Tensor& entries_sorted, const torch::Tensor& tile_counts,
-                      const torch::Tensor& counts_sorted, const torch::Tensor& ends, int64_t n) {
+                      const torch::Tensor& ends, int64_t n) {
     const c10::cuda::CUDAGuard guard(temp.device());
     check_buffer(entries_sorted, torch::kInt32, n, "entries_sorted");
     check_buffer(tile_counts, torch::kInt32, n, "tile_counts");
-    check_buffer(counts_sorted, torch::kInt64, n, "counts_sorted");
     check_buffer(ends, torch::kInt64, n, "ends");
     check_buffer(temp, torch::kUInt8, 0, "temp");
-    check_cuda(launch_gather_counts(n, ptr<const uint32_t>(entries_sorted), ptr<const uint32_t>(tile_counts),
-                                    ptr<int64_t>(counts_sorted), stream()),
-               "gather counts");
     if (n == 0) return;
     size_t bytes = temp.numel();
-    check_cuda(inclusive_sum(temp.data_ptr(), &bytes, ptr<const int64_t>(counts_sorted), ptr<int64_t>(ends), checked_count(n, "entry"), stream()),
+    check_cuda(tile_count_ends(temp.data_ptr(), &bytes, ptr<const uint32_t>(entries_sorted), ptr<const uint32_t>(tile_counts),
+                               ptr<int64_t>(ends), checked_count(n, "entry"), stream()),
                "scan");
 }
 
@@ -122,7 +129,7 @@ void emit_pairs(const torch::Tensor& entries_sorted, const torch::Tensor& ends, 
     check_buffer(entries_sorted, torch::kInt32, num_entries, "entries_sorted");
     check_buffer(ends, torch::kInt64, num_entries, "ends");
     check_buffer(splats, torch::kFloat32, 8 * num_entries, "splats");
-    check_buffer(pair_keys, torch::kInt32, capacity, "pair_keys");
+    const bool is_short = short_keys(pair_keys, capacity, "pair_keys");
     check_buffer(pair_values, torch::kInt32, capacity, "pair_values");
     EmitArgs args{};
     args.num_entries = num_entries;
@@ -134,7 +141,8 @@ void emit_pairs(const torch::Tensor& entries_sorted, const torch::Tensor& ends, 
     args.splats = ptr<const float4>(splats);
     args.base = base;
     args.capacity = capacity;
-    args.pair_keys = ptr<uint32_t>(pair_keys);
+    args.pair_keys = pair_keys.data_ptr();
+    args.short_keys = is_short;
     args.pair_values = ptr<uint32_t>(pair_values);
     check_cuda(launch_emit_pairs(args, stream()), "emit pairs");
 }
@@ -142,23 +150,30 @@ void emit_pairs(const torch::Tensor& entries_sorted, const torch::Tensor& ends, 
 void sort_pairs(const torch::Tensor& temp, const torch::Tensor& keys_in, const torch::Tensor& values_in,
                 const torch::Tensor& keys_out, const torch::Tensor& values_out, int64_t n, int64_t key_bits) {
     const c10::cuda::CUDAGuard guard(temp.device());
-    for (const auto* t : {&keys_in, &values_in, &keys_out, &values_out}) check_buffer(*t, torch::kInt32, n, "pair sort buffer");
+    const bool is_short = short_keys(keys_in, n, "pair keys");
+    TORCH_CHECK(short_keys(keys_out, n, "sorted pair keys") == is_short, "pair keys in and out differ in dtype");
+    for (const auto* t : {&values_in, &values_out}) check_buffer(*t, torch::kInt32, n, "pair sort buffer");
     check_buffer(temp, torch::kUInt8, 0, "temp");
     if (n == 0) return;
     size_t bytes = temp.numel();
-    check_cuda(pair_sort(temp.data_ptr(), &bytes, ptr<const uint32_t>(keys_in), ptr<uint32_t>(keys_out),
-                         ptr<const uint32_t>(values_in), ptr<uint32_t>(values_out), checked_count(n, "pair"),
-                         static_cast<int>(key_bits), stream()),
+    const int count = checked_count(n, "pair"), bits = static_cast<int>(key_bits);
+    const auto* v_in = ptr<const uint32_t>(values_in);
+    auto* v_out = ptr<uint32_t>(values_out);
+    check_cuda(is_short ? pair_sort(temp.data_ptr(), &bytes, ptr<const uint16_t>(keys_in), ptr<uint16_t>(keys_out), v_in, v_out,
+                                    count, bits, stream())
+                        : pair_sort(temp.data_ptr(), &bytes, ptr<const uint32_t>(keys_in), ptr<uint32_t>(keys_out), v_in, v_out,
+                                    count, bits, stream()),
                "pair sort");
 }
 
 void tile_ranges(const torch::Tensor& keys_sorted, int64_t n, const torch::Tensor& ranges) {
     const c10::cuda::CUDAGuard guard(keys_sorted.device());
-    check_buffer(keys_sorted, torch::kInt32, n, "keys_sorted");
+    const bool is_short = short_keys(keys_sorted, n, "keys_sorted");
     TORCH_CHECK(ranges.dim() == 2 && ranges.size(1) == 2, "ranges must be (tiles, 2)");
     check_buffer(ranges, torch::kInt32, 0, "ranges");
-    check_cuda(launch_tile_ranges(n, static_cast<uint32_t>(ranges.size(0)), ptr<const uint32_t>(keys_sorted),
-                                  ptr<int2>(ranges), stream()),
+    TORCH_CHECK(!is_short || ranges.size(0) < 0xffff, "16-bit pair keys hold under 0xffff tiles, got ", ranges.size(0));
+    check_cuda(launch_tile_ranges(n, static_cast<uint32_t>(ranges.size(0)), keys_sorted.data_ptr(), is_short, ptr<int2>(ranges),
+                                  stream()),
                "tile ranges");
 }
 

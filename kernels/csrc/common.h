@@ -20,7 +20,7 @@ constexpr float ALPHA_MAX = 0.99f;
 constexpr float TRANSMITTANCE_MIN = 1e-4f;
 constexpr float FRUSTUM_GUARD = 0.3f;    // Jacobian linearised up to 0.3 half-widths past the edge
 constexpr float FOOTPRINT_MARGIN = 1e-2f;  // px; tile bounds err on the side of one more tile
-constexpr uint32_t INVALID_KEY = 0xffffffffu;  // culled entries and unused pair slots sort last
+constexpr uint32_t INVALID_KEY = 0xffffffffu;  // culled entries sort last
 
 // One view: OpenCV world-to-camera rotation (row-major) and translation, pinhole intrinsics,
 // and the camera centre in world space (for the SH view direction). 20 floats.

@@ -10,12 +10,7 @@ namespace splatcast {
 
 namespace {
 
-__global__ void gather_counts_kernel(int64_t num_entries, const uint32_t* __restrict__ entries_sorted,
-                                     const uint32_t* __restrict__ tile_counts, int64_t* __restrict__ counts_sorted) {
-    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i < num_entries) counts_sorted[i] = tile_counts[entries_sorted[i]];
-}
-
+template <typename Key>
 __global__ void emit_pairs_kernel(EmitArgs args) {
     const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= args.num_entries) return;
@@ -32,7 +27,8 @@ __global__ void emit_pairs_kernel(EmitArgs args) {
     const int64_t stop = min(end, window_end);
 
     // The footprint preprocess counted; never more pairs than it counted are written, and slots
-    // left unwritten keep INVALID_KEY from the caller's fill.
+    // left unwritten keep the caller's fill (all bits set, past every tile key).
+    Key* pair_keys = static_cast<Key*>(args.pair_keys);
     int64_t k = begin;
     int row_begin, row_end;
     footprint_rows(a.y, f.z, f.w, tiles_y, row_begin, row_end);
@@ -46,13 +42,14 @@ __global__ void emit_pairs_kernel(EmitArgs args) {
         }
         for (int tx = col_begin; tx < col_end && k < stop; ++tx, ++k) {
             if (k < args.base) continue;
-            args.pair_keys[k - args.base] = view_key + ty * tiles_x + tx;
+            pair_keys[k - args.base] = static_cast<Key>(view_key + ty * tiles_x + tx);
             args.pair_values[k - args.base] = entry;
         }
     }
 }
 
-__global__ void tile_ranges_kernel(int64_t num_pairs, uint32_t num_tile_keys, const uint32_t* __restrict__ keys,
+template <typename Key>
+__global__ void tile_ranges_kernel(int64_t num_pairs, uint32_t num_tile_keys, const Key* __restrict__ keys,
                                    int2* __restrict__ ranges) {
     const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= num_pairs) return;
@@ -77,24 +74,24 @@ inline unsigned blocks_for(int64_t n, int threads) { return static_cast<unsigned
 
 }  // namespace
 
-cudaError_t launch_gather_counts(int64_t num_entries, const uint32_t* entries_sorted, const uint32_t* tile_counts,
-                                 int64_t* counts_sorted, cudaStream_t stream) {
-    if (num_entries == 0) return cudaSuccess;
-    gather_counts_kernel<<<blocks_for(num_entries, 256), 256, 0, stream>>>(num_entries, entries_sorted, tile_counts,
-                                                                          counts_sorted);
-    return cudaGetLastError();
-}
-
 cudaError_t launch_emit_pairs(const EmitArgs& args, cudaStream_t stream) {
     if (args.num_entries == 0 || args.capacity == 0) return cudaSuccess;
-    emit_pairs_kernel<<<blocks_for(args.num_entries, 256), 256, 0, stream>>>(args);
+    const unsigned blocks = blocks_for(args.num_entries, 256);
+    if (args.short_keys)
+        emit_pairs_kernel<uint16_t><<<blocks, 256, 0, stream>>>(args);
+    else
+        emit_pairs_kernel<uint32_t><<<blocks, 256, 0, stream>>>(args);
     return cudaGetLastError();
 }
 
-cudaError_t launch_tile_ranges(int64_t num_pairs, uint32_t num_tile_keys, const uint32_t* keys_sorted, int2* ranges,
-                               cudaStream_t stream) {
+cudaError_t launch_tile_ranges(int64_t num_pairs, uint32_t num_tile_keys, const void* keys_sorted, bool short_keys,
+                               int2* ranges, cudaStream_t stream) {
     if (num_pairs == 0) return cudaSuccess;
-    tile_ranges_kernel<<<blocks_for(num_pairs, 256), 256, 0, stream>>>(num_pairs, num_tile_keys, keys_sorted, ranges);
+    const unsigned blocks = blocks_for(num_pairs, 256);
+    if (short_keys)
+        tile_ranges_kernel<<<blocks, 256, 0, stream>>>(num_pairs, num_tile_keys, static_cast<const uint16_t*>(keys_sorted), ranges);
+    else
+        tile_ranges_kernel<<<blocks, 256, 0, stream>>>(num_pairs, num_tile_keys, static_cast<const uint32_t*>(keys_sorted), ranges);
     return cudaGetLastError();
 }
 

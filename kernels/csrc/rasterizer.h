@@ -27,15 +27,16 @@ cudaError_t launch_preprocess(const PreprocessArgs& args, cudaStream_t stream);
 // sort.cu: cub radix sorts and the scan. With temp == nullptr, *temp_bytes receives the size. --
 cudaError_t depth_sort(void* temp, size_t* temp_bytes, const uint32_t* keys_in, uint32_t* keys_out,
                        const uint32_t* values_in, uint32_t* values_out, int n, cudaStream_t stream);
-cudaError_t pair_sort(void* temp, size_t* temp_bytes, const uint32_t* keys_in, uint32_t* keys_out,
-                      const uint32_t* values_in, uint32_t* values_out, int n, int key_bits, cudaStream_t stream);
+template <typename Key>  // uint16_t or uint32_t
+cudaError_t pair_sort(void* temp, size_t* temp_bytes, const Key* keys_in, Key* keys_out, const uint32_t* values_in,
+                      uint32_t* values_out, int n, int key_bits, cudaStream_t stream);
 cudaError_t tile_sort(void* temp, size_t* temp_bytes, const uint32_t* loads_in, uint32_t* loads_out,
                       const uint32_t* tiles_in, uint32_t* tiles_out, int n, cudaStream_t stream);
-cudaError_t inclusive_sum(void* temp, size_t* temp_bytes, const int64_t* in, int64_t* out, int n, cudaStream_t stream);
+// ends[i]: inclusive prefix sum of tile_counts[entries_sorted[j]] over j <= i.
+cudaError_t tile_count_ends(void* temp, size_t* temp_bytes, const uint32_t* entries_sorted, const uint32_t* tile_counts,
+                            int64_t* ends, int n, cudaStream_t stream);
 
 // intersect.cu ----------------------------------------------------------------------------------
-cudaError_t launch_gather_counts(int64_t num_entries, const uint32_t* entries_sorted, const uint32_t* tile_counts,
-                                 int64_t* counts_sorted, cudaStream_t stream);
 struct EmitArgs {
     int64_t num_entries;
     int num_gaussians, width, height;
@@ -44,11 +45,13 @@ struct EmitArgs {
     const float4* splats;
     int64_t base;      // first global pair index of this chunk
     int64_t capacity;  // pair slots in this chunk
-    uint32_t *pair_keys, *pair_values;
+    void* pair_keys;   // uint16_t where short_keys, else uint32_t
+    bool short_keys;
+    uint32_t* pair_values;
 };
 cudaError_t launch_emit_pairs(const EmitArgs& args, cudaStream_t stream);
-cudaError_t launch_tile_ranges(int64_t num_pairs, uint32_t num_tile_keys, const uint32_t* keys_sorted, int2* ranges,
-                               cudaStream_t stream);
+cudaError_t launch_tile_ranges(int64_t num_pairs, uint32_t num_tile_keys, const void* keys_sorted, bool short_keys,
+                               int2* ranges, cudaStream_t stream);
 // Each tile's list length (key) and index (value), for ordering the blending blocks.
 cudaError_t launch_tile_loads(uint32_t num_tiles, const int2* ranges, uint32_t* loads, uint32_t* tiles, cudaStream_t stream);
 
