@@ -94,8 +94,8 @@ def profile(case: str, storage: torch.dtype) -> dict:
     call_ms = median_ms(lambda: rasterizer.render_i420(cloud, views, BACKGROUND, per_frame))
     rgb_call_ms = median_ms(lambda: rasterizer.render(cloud, views, BACKGROUND))
     plan, rgb_plan = rasterizer._plans.values()
-    replay_ms = median_ms(plan.graph.replay)
-    rgb_replay_ms = median_ms(rgb_plan.graph.replay)
+    replay_ms = median_ms(lambda: rasterizer._replay(plan))
+    rgb_replay_ms = median_ms(lambda: rasterizer._replay(rgb_plan))
 
     host = host_split(rasterizer, lambda: rasterizer.render_i420(cloud, views, BACKGROUND, per_frame))
 

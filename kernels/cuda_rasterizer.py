@@ -172,6 +172,7 @@ class _Plan:
     layout: torch.Tensor | None = None
     frame_spans: list[tuple[int, int]] = field(default_factory=list)  # each frame's (byte offset, luma width) in i420
     graph: torch.cuda.CUDAGraph | None = None
+    graph_exec: int = 0  # the graph's cudaGraphExec_t, launched from C++
     frame_us: float = 0.0  # GPU time of the last frame, what the host sleeps through next time
     temp_checked: bool = False  # the shared sort storage is known to fit this plan's sorts
     measured: bool = False  # pair_slots comes from a frame's count, not the first guess
@@ -400,15 +401,21 @@ class CudaRasterizer:
             # Capture after an eager run on the same stream: lazy initialisation (cub's
             # kernels, the caching allocator) must not happen inside the capture.
             self._frame(packed, plan)
+            # Thread-local capture: a server's other threads (reconstruction) may use the GPU meanwhile.
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self._frame(packed, plan)
-            plan.graph = graph
+            plan.graph, plan.graph_exec = graph, graph.raw_cuda_graph_exec()
         self._events.start()
         if self.graphs:
-            plan.graph.replay()
+            self._replay(plan)
         else:
             self._frame(packed, plan)
+
+    def _replay(self, plan: _Plan) -> None:
+        """Launch the plan's graph. Not ``CUDAGraph.replay``: that also advances the RNG state a
+        capture might use, two small launches before every frame, and a frame draws no random numbers."""
+        self._ext.launch_graph(plan.graph_exec)
 
     def _render(self, cloud: GaussianCloud | PackedCloud, views: Views, background, views_per_frame: list[int] | None) -> tuple[_Plan, torch.Tensor | None]:
         """Render and wait; with ``views_per_frame``, also return the I420 frames' host copy."""
@@ -497,7 +504,10 @@ class CudaRasterizer:
         background: tuple[float, float, float] | torch.Tensor = (0.0, 0.0, 0.0),
     ) -> torch.Tensor:
         """(V, H, W, 3) uint8 on the device: ``reference.to_uint8(reference.render(...))``."""
-        return self._render(cloud, views, background, None)[0].image.clone()
+        image = self._render(cloud, views, background, None)[0].image
+        copy = torch.empty_like(image)
+        self._ext.copy(copy, image)
+        return copy
 
     def render_i420(
         self,

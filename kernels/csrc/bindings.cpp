@@ -201,6 +201,12 @@ void copy(const torch::Tensor& dst, const torch::Tensor& src) {
     check_cuda(cudaMemcpyAsync(dst.data_ptr(), src.data_ptr(), src.nbytes(), cudaMemcpyDefault, stream()), "copy");
 }
 
+// A captured frame's cudaGraphExec_t (torch.cuda.CUDAGraph.raw_cuda_graph_exec), launched on the
+// current stream.
+void launch_graph(int64_t graph_exec) {
+    check_cuda(cudaGraphLaunch(reinterpret_cast<cudaGraphExec_t>(graph_exec), stream()), "graph launch");
+}
+
 // The two timing events around a frame, recorded on the current stream from C++ (torch's
 // Event.record looks the stream up in Python, ~10 us a call on the GPU host), and the wait for
 // the frame's end: see wait().
@@ -323,6 +329,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("tile_ranges", &tile_ranges);
     m.def("order_tiles", &order_tiles);
     m.def("copy", &copy);
+    m.def("launch_graph", &launch_graph);
     pybind11::class_<FrameEvents>(m, "FrameEvents")
         .def(pybind11::init<>())
         .def("start", &FrameEvents::start)
