@@ -417,8 +417,8 @@ class CudaRasterizer:
         capture might use, two small launches before every frame, and a frame draws no random numbers."""
         self._ext.launch_graph(plan.graph_exec)
 
-    def _render(self, cloud: GaussianCloud | PackedCloud, views: Views, background, views_per_frame: list[int] | None) -> tuple[_Plan, torch.Tensor | None]:
-        """Render and wait; with ``views_per_frame``, also return the I420 frames' host copy."""
+    def _render(self, cloud: GaussianCloud | PackedCloud, views: Views, background, views_per_frame: list[int] | None) -> tuple[_Plan, torch.Tensor]:
+        """Render and wait; return the plan and the caller's copy of the output (``_output``)."""
         if not isinstance(views, Views):
             raise TypeError(f"views must be a Views batch, got {type(views).__name__}")
         packed = self._pack(cloud)
@@ -433,7 +433,7 @@ class CudaRasterizer:
             self._run(packed, plan)
             # Queued before the one wait: the count is checked after the copy, which a frame that
             # overflowed its pair slots (rare) repeats.
-            host = self._to_host(plan)
+            output = self._output(plan)
             total = self._finish(plan)
             if total > plan.pair_slots:
                 if total <= self.max_pairs:
@@ -442,12 +442,12 @@ class CudaRasterizer:
                     self._run(packed, plan)
                 else:
                     self._render_in_chunks(plan, total)
-                host = self._to_host(plan)
+                output = self._output(plan)
                 self._finish(plan)
                 plan.measured = True
             else:
                 self._fit_pair_slots(plan, total)
-        return plan, host
+        return plan, output
 
     def _pair_slots_for(self, total: int) -> int:
         return min(self.max_pairs, max(int(total * _PAIR_HEADROOM), 1 << 16))
@@ -463,13 +463,15 @@ class CudaRasterizer:
             plan.graph, plan.temp_checked = None, False
         plan.measured = True
 
-    def _to_host(self, plan: _Plan) -> torch.Tensor | None:
-        """Queue the copy of the I420 frames into fresh pinned memory (the caller's to keep)."""
+    def _output(self, plan: _Plan) -> torch.Tensor:
+        """Queue the copy of the frame the caller keeps: the I420 frames into fresh pinned memory
+        where the plan makes them, else the RGB image into a fresh device tensor."""
         if plan.i420 is None:
-            return None
-        host = torch.empty(plan.i420.numel(), dtype=torch.uint8, pin_memory=True)
-        self._ext.copy(host, plan.i420)
-        return host
+            source, output = plan.image, torch.empty_like(plan.image)
+        else:
+            source, output = plan.i420, torch.empty(plan.i420.numel(), dtype=torch.uint8, pin_memory=True)
+        self._ext.copy(output, source)
+        return output
 
     def _finish(self, plan: _Plan) -> int:
         """Wait for the frame; return the pairs it made, the one number the host reads."""
@@ -504,10 +506,7 @@ class CudaRasterizer:
         background: tuple[float, float, float] | torch.Tensor = (0.0, 0.0, 0.0),
     ) -> torch.Tensor:
         """(V, H, W, 3) uint8 on the device: ``reference.to_uint8(reference.render(...))``."""
-        image = self._render(cloud, views, background, None)[0].image
-        copy = torch.empty_like(image)
-        self._ext.copy(copy, image)
-        return copy
+        return self._render(cloud, views, background, None)[1]
 
     def render_i420(
         self,
