@@ -26,7 +26,10 @@ from scipy import ndimage
 from .images import ImageError
 
 WORK_SIDE = 512
-"""GrabCut runs at most at this size (its cost grows with pixels; masks are upsampled after)."""
+"""Face detection and GrabCut's final cut run at most at this size (masks are upsampled after)."""
+COARSE_SIDE = 256
+"""GrabCut's colour-model rounds run at most at this size: a quarter of the pixels, and its
+max-flow cost grows faster than the pixel count."""
 MIN_AREA = 0.01
 """A foreground smaller than this fraction of the photo is not taken for a person."""
 MAX_AREA = 0.97
@@ -62,9 +65,7 @@ def _face_cascade():
 
 def detect_face(rgb: np.ndarray) -> tuple[int, int, int, int] | None:
     """The largest frontal face (x, y, width, height) in pixels, or None."""
-    height, width = rgb.shape[:2]
-    scale = min(1.0, WORK_SIDE / max(height, width))
-    small = cv2.resize(rgb, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else rgb
+    small, scale = _fit(rgb, WORK_SIDE)
     side = min(small.shape[:2])
     faces = _face_cascade().detect_multi_scale(
         img=np.ascontiguousarray(small, dtype=np.float64),
@@ -100,15 +101,40 @@ def segment_person(image: np.ndarray, iterations: int = 5) -> Segmentation:
     return Segmentation(mask, face_box, method)
 
 
-def _grabcut(rgb: np.ndarray, face_box: tuple[int, int, int, int] | None, iterations: int) -> np.ndarray:
-    height, width = rgb.shape[:2]
-    scale = min(1.0, WORK_SIDE / max(height, width))
+def _fit(image: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+    """The image shrunk (area-averaged) to at most ``side`` pixels on its long side, and the scale."""
+    height, width = image.shape[:2]
+    scale = min(1.0, side / max(height, width))
+    if scale == 1:
+        return image, 1.0
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    small = cv2.resize((rgb * 255).round().astype(np.uint8), size, interpolation=cv2.INTER_AREA)
-    seeds = _grabcut_seeds(size[1], size[0], None if face_box is None else tuple(v * scale for v in face_box))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
+
+
+def _grabcut(rgb: np.ndarray, face_box: tuple[int, int, int, int] | None, iterations: int) -> np.ndarray:
+    """GrabCut coarse to fine: its rounds of colour-model fitting and graph cut run at
+    ``COARSE_SIDE``, then one cut at ``WORK_SIDE`` with the fitted models draws the boundary at
+    full detail (astronaut(): 0.7 s against 1.8 s for all rounds at ``WORK_SIDE``, 2 CPU cores).
+
+    The models start from k-means over the ``WORK_SIDE`` pixels, as a single-scale run's do:
+    k-means over the coarse pixels settles on other models, and a region whose colour both sides
+    share then flips (the astronaut's black helmet before the black backdrop).
+    """
+    height, width = rgb.shape[:2]
+    work, work_scale = _fit(cv2.cvtColor((rgb * 255).round().astype(np.uint8), cv2.COLOR_RGB2BGR), WORK_SIDE)
+    coarse, coarse_scale = _fit(work, COARSE_SIDE)
+
+    def seeds_for(image: np.ndarray, scale: float) -> np.ndarray:
+        box = None if face_box is None else tuple(v * scale for v in face_box)
+        return _grabcut_seeds(image.shape[0], image.shape[1], box)
+
+    seeds, coarse_labels = seeds_for(work, work_scale), seeds_for(coarse, work_scale * coarse_scale)
     background, foreground = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(0)  # GrabCut seeds its colour models with k-means: same photo, same mask
-    cv2.grabCut(cv2.cvtColor(small, cv2.COLOR_RGB2BGR), seeds, None, background, foreground, iterations, cv2.GC_INIT_WITH_MASK)
+    cv2.grabCut(work, seeds, None, background, foreground, 0, cv2.GC_INIT_WITH_MASK)  # k-means only
+    cv2.grabCut(coarse, coarse_labels, None, background, foreground, iterations, cv2.GC_EVAL)
+    # The cut reads only the seeds' sure labels; every other pixel is weighed by the models alone.
+    cv2.grabCut(work, seeds, None, background, foreground, 1, cv2.GC_EVAL_FREEZE_MODEL)
     mask = ((seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)).astype(np.uint8)
     return cv2.resize(mask, (width, height), interpolation=cv2.INTER_LINEAR) > 0
 
