@@ -3,7 +3,8 @@ process so that the server is what gets measured.
 
 Per N and per server layout (one process, or sharded over worker processes; set
 ``SPLATCAST_SWEEP_WORKERS=1,8`` to choose, default 1 and min(cores / 2, 8); each session's
-encoder threads from ``SPLATCAST_SWEEP_ENCODER_THREADS``, default 0: the server's default, each session's share of the cores): delivered fps per
+encoder threads from ``SPLATCAST_SWEEP_ENCODER_THREADS``, default 0: the server's default, each session's share of the cores;
+Python's switch interval from ``SPLATCAST_SWEEP_SWITCH_INTERVAL_MS``, default 0: Python's 5 ms): delivered fps per
 session (server side, min and median; and what each viewer decoded), viewers' pose -> decoded
 latency, the server's pose -> encoded p99 (upper edge of its histogram bucket), GPU time per
 render call, and the CPU use of the server processes and of the viewers (which share the host), all read from the server's ``/metrics``. Plot with
@@ -37,6 +38,8 @@ WORKER_COUNTS = sorted({int(w) for w in os.environ.get("SPLATCAST_SWEEP_WORKERS"
 """Server processes hosting the sessions: one (``workers=1``) and sharded (``--workers``)."""
 ENCODER_THREADS = int(os.environ.get("SPLATCAST_SWEEP_ENCODER_THREADS", "0"))
 """Each session's encoder threads (``--encoder-threads``; 0: the server's default)."""
+SWITCH_INTERVAL_MS = float(os.environ.get("SPLATCAST_SWEEP_SWITCH_INTERVAL_MS", "0"))
+"""Python's thread switch interval in the processes hosting sessions (``--switch-interval-ms``; 0: Python's 5 ms)."""
 
 
 async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, list]:
@@ -92,7 +95,7 @@ def server_cpu_seconds(worker_pids: list[int]) -> float:
 @pytest.mark.parametrize("workers", WORKER_COUNTS)
 def test_concurrent_720p60_sessions(benchmark, workers, sessions):
     async def run() -> dict:
-        config = ServerConfig(fps=60, width=1280, height=720, max_sessions=sessions, sessions_per_address=sessions, idle_timeout=60, workers=workers, encoder_threads=ENCODER_THREADS)
+        config = ServerConfig(fps=60, width=1280, height=720, max_sessions=sessions, sessions_per_address=sessions, idle_timeout=60, workers=workers, encoder_threads=ENCODER_THREADS, switch_interval_ms=SWITCH_INTERVAL_MS)
         app = create_app({"sample": load_asset(sample_avatar_path())}, config)
         async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as http:
             url = str(server.make_url("")).rstrip("/")
@@ -128,6 +131,7 @@ def test_concurrent_720p60_sessions(benchmark, workers, sessions):
                 "sessions": sessions,
                 "workers": workers,
                 "encoder_threads": ENCODER_THREADS,
+                "switch_interval_ms": SWITCH_INTERVAL_MS,
                 "connected": len(sent),
                 "viewers_streaming_through_window": streaming_through,
                 "server_fps_min": round(min(fps), 2) if fps else 0.0,
