@@ -158,9 +158,7 @@ def _fit(segmentation: Segmentation, body_model: BodyModel, intrinsics: torch.Te
     return BodyFit(vertices, body_model.faces, intrinsics, width, height, camera_to_body, visible, body_model.name)
 
 
-def _place(
-    vertices: torch.Tensor, rotvec: torch.Tensor, log_scale: torch.Tensor, translation: torch.Tensor, facing: torch.Tensor = _FACING_CAMERA
-) -> torch.Tensor:
+def _place(vertices: torch.Tensor, rotvec: torch.Tensor, log_scale: torch.Tensor, translation: torch.Tensor, facing: torch.Tensor) -> torch.Tensor:
     """Body frame -> camera frame: scale, rotate about the soles' origin, turn to face the camera
     (``facing``: ``_FACING_CAMERA`` on the tensors' device), move."""
     rotation = facing @ roma.rotvec_to_rotmat(rotvec)

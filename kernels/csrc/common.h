@@ -22,10 +22,9 @@ constexpr float FRUSTUM_GUARD = 0.3f;    // Jacobian linearised up to 0.3 half-w
 constexpr float FOOTPRINT_MARGIN = 1e-2f;  // px; tile bounds err on the side of one more tile
 constexpr uint32_t INVALID_KEY = 0xffffffffu;  // culled entries sort last
 
-// One view: OpenCV world-to-camera rotation (row-major) and translation, pinhole intrinsics,
-// and the camera centre in world space (for the SH view direction). 20 floats.
-// A view as the host has it, copied without rearranging (the host writes it before every frame):
-// the top three rows of the 4x4 world-to-camera matrix [R | t] and the 3x3 intrinsics, row-major.
+// One view (OpenCV conventions) as the host has it, copied without rearranging (the host writes
+// it before every frame): the top three rows of the 4x4 world-to-camera matrix [R | t] and the
+// 3x3 intrinsics, row-major.
 struct ViewParams {
     float world_to_camera[12];
     float intrinsics[9];
