@@ -4,7 +4,8 @@ process so that the server is what gets measured.
 Per N and per server layout (one process, or sharded over worker processes; set
 ``SPLATCAST_SWEEP_WORKERS=1,8`` to choose, default 1 and min(cores / 2, 8); each session's
 encoder threads from ``SPLATCAST_SWEEP_ENCODER_THREADS``, default 0: the server's default, each session's share of the cores;
-Python's switch interval from ``SPLATCAST_SWEEP_SWITCH_INTERVAL_MS``, default 0: Python's 5 ms): delivered fps per
+Python's switch interval from ``SPLATCAST_SWEEP_SWITCH_INTERVAL_MS``, default 0: Python's 5 ms; the viewers' CPUs from
+``SPLATCAST_SWEEP_VIEWER_CPUS``, default: shared with the server): delivered fps per
 session (server side, min and median; and what each viewer decoded), viewers' pose -> decoded
 latency, the server's pose -> encoded p99 (upper edge of its histogram bucket), GPU time per
 render call, and the CPU use of the server processes and of the viewers (which share the host), all read from the server's ``/metrics``. Plot with
@@ -26,7 +27,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from splatcast.config import sample_avatar_path
+from splatcast.config import sample_avatar_path, usable_cpu_count
 from splatcast.engine.formats import load_asset
 from splatcast.streaming.server import SERVER_KEY, ServerConfig, create_app
 
@@ -34,12 +35,26 @@ pytestmark = pytest.mark.gpu
 VIEWER_SECONDS = 16.0
 """Each viewer's run: long enough to connect, settle, and outlast the server's measuring window."""
 WINDOW_SECONDS = 4.0
-WORKER_COUNTS = sorted({int(w) for w in os.environ.get("SPLATCAST_SWEEP_WORKERS", f"1,{min((os.cpu_count() or 2) // 2, 8)}").split(",")})
+WORKER_COUNTS = sorted({int(w) for w in os.environ.get("SPLATCAST_SWEEP_WORKERS", f"1,{min(usable_cpu_count() // 2, 8)}").split(",")})
 """Server processes hosting the sessions: one (``workers=1``) and sharded (``--workers``)."""
 ENCODER_THREADS = int(os.environ.get("SPLATCAST_SWEEP_ENCODER_THREADS", "0"))
 """Each session's encoder threads (``--encoder-threads``; 0: the server's default)."""
 SWITCH_INTERVAL_MS = float(os.environ.get("SPLATCAST_SWEEP_SWITCH_INTERVAL_MS", "0"))
 """Python's thread switch interval in the processes hosting sessions (``--switch-interval-ms``; 0: Python's 5 ms)."""
+VIEWER_CPUS = os.environ.get("SPLATCAST_SWEEP_VIEWER_CPUS", "")
+"""CPUs the viewers run on (``taskset`` list syntax, e.g. ``16-31``); empty: wherever the server may.
+With the benchmark itself under ``taskset -c 0-15``, the server gets 16 CPUs of its own and the
+viewers' decoding no longer competes with it (a 16-core server measured with its clients on other
+machines)."""
+
+
+def cpu_list(text: str) -> set[int]:
+    """``taskset``'s list syntax: ``0-3,8,10-11``."""
+    cpus = set()
+    for part in filter(None, text.split(",")):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
 
 
 async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, list]:
@@ -104,6 +119,7 @@ def test_concurrent_720p60_sessions(benchmark, workers, sessions):
                 await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "splatcast.streaming.viewer", url, "--seconds", str(VIEWER_SECONDS), "--width", "1280", "--height", "720",
                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+                    preexec_fn=(lambda: os.sched_setaffinity(0, cpu_list(VIEWER_CPUS))) if VIEWER_CPUS else None,
                 )
                 for _ in range(sessions)
             ]
@@ -146,6 +162,8 @@ def test_concurrent_720p60_sessions(benchmark, workers, sessions):
                 "server_cpu_cores_busy": round(cpu_use, 2),
                 "viewer_cpu_cores_busy": round(viewer_cpu_use, 2),
                 "cpu_cores": os.cpu_count(),
+                "server_cpus": usable_cpu_count(),
+                "viewer_cpus": VIEWER_CPUS or "shared with the server",
             }
 
     report = benchmark.pedantic(lambda: asyncio.run(run()), rounds=1, iterations=1)

@@ -15,7 +15,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
-from .config import default_engine_cache, sample_avatar_path
+from .config import default_engine_cache, sample_avatar_path, usable_cpu_count
 
 console = Console(stderr=True)
 
@@ -52,7 +52,7 @@ def _milliseconds(text: str) -> float:
 
 
 def _workers(text: str) -> int:
-    return _non_negative_int(text) or max(1, (os.cpu_count() or 2) // 2)
+    return _non_negative_int(text) or max(1, usable_cpu_count() // 2)
 
 
 def _load(path: str | None):
@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ice-server", action="append", default=[], help="STUN/TURN URL (repeatable); none by default")
     p.add_argument("--store", help="folder for uploaded and reconstructed avatars (default: a temporary one)")
     p.add_argument("--api-key", help="turn security on (or set SPLATCAST_API_KEY): management calls need it, viewers need tokens")
-    p.add_argument("--workers", type=_workers, default=1, help="processes hosting the sessions (0: half the CPU cores)")
+    p.add_argument("--workers", type=_workers, default=1, help="processes hosting the sessions (0: half the CPUs this process may use)")
     p.add_argument("--encoder-threads", type=_non_negative_int, default=0, help="threads per session's encoder (0: its share of the cores at --max-sessions)")
     p.add_argument("--switch-interval-ms", type=_milliseconds, default=0.0, help="Python's thread switch interval in session processes (0: Python's 5 ms)")
     _reconstruction_options(p)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
+from ..config import usable_cpu_count
 from ..engine.cameras import Views
 from .frames import FrameRenderer
 from .metrics import StreamMetrics
@@ -33,7 +33,7 @@ class RenderLoop:
         self.metrics = metrics
         # One render thread: the renderer already uses every core (CPU) or the whole GPU.
         self._render_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="splatcast-render")
-        self._encode_pool = ThreadPoolExecutor(max_workers=encode_workers or os.cpu_count() or 2, thread_name_prefix="splatcast-encode")
+        self._encode_pool = ThreadPoolExecutor(max_workers=encode_workers or usable_cpu_count(), thread_name_prefix="splatcast-encode")
         self._tracks: dict[AvatarTrack, FrameRenderer] = {}
         # The base of this loop's slot grids (``pacing``): shared by its sessions, so that due
         # frames batch on one tick; random, so that a sharded server's workers do not all tick at once.

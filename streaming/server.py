@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 import tempfile
 import weakref
@@ -27,6 +26,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
+from ..config import usable_cpu_count
 from ..engine.cameras import Views, frame_bounds, intrinsics_from_fov, orbit_camera, single_view
 from ..engine.gaussians import GaussianCloud
 from .api import AvatarAPI
@@ -98,7 +98,7 @@ class ServerConfig:
     waits for the GIL until the busy event loop yields it or this interval ends."""
 
     def session_encoder_threads(self) -> int:
-        return self.encoder_threads or max(1, (os.cpu_count() or 1) // self.max_sessions)
+        return self.encoder_threads or max(1, usable_cpu_count() // self.max_sessions)
 
 
 @dataclass(frozen=True, eq=False)

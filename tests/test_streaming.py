@@ -4,6 +4,8 @@ against offline renders of the poses they name."""
 import asyncio
 import json
 import math
+import os
+import subprocess
 import sys
 
 import numpy as np
@@ -273,6 +275,20 @@ async def test_each_sessions_encoder_runs_the_configured_threads(threads):
         viewer, session, _ = await streaming_viewer(test_server, frames=3)
         assert session.track._encoder._context.thread_count == threads
         await viewer.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or os.cpu_count() < 2, reason="needs CPU affinity and two CPUs")
+def test_default_encoder_threads_follow_the_cpus_this_process_may_use():
+    """A server under ``taskset`` or a container's cpuset sizes its encoders from the CPUs it was
+    given, not from every CPU of the host."""
+    script = (
+        "import os; os.sched_setaffinity(0, {0});"
+        "from splatcast.streaming.server import ServerConfig;"
+        "print(ServerConfig(max_sessions=1).session_encoder_threads())"
+    )
+    pinned = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert int(pinned.stdout) == 1
+    assert ServerConfig(max_sessions=1).session_encoder_threads() == len(os.sched_getaffinity(0))
 
 
 def test_a_server_sets_the_configured_thread_switch_interval():

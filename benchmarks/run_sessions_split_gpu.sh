@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The 32-session case with the server on 16 CPUs of its own and the viewers on the host's other
+# CPUs (a 16-core server measured with its clients on other machines), beside the same sessions
+# with server and viewers sharing those 16 CPUs (the layout of the 16-core H100/H200 hosts).
+# Needs a host with at least 32 CPUs:
+#
+#   device run, kind nvidia-h200-x2, carry [".whl-stream"]:
+#   SPLATCAST_COMMIT=<sha> bash benchmarks/run_sessions_split_gpu.sh
+#
+# The server's CPUs are whole cores (SMT siblings together), chosen by benchmarks/cpu_split.py.
+set -uo pipefail
+OUT=${OUT:-/tmp/splatcast-out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl-stream/*.whl || exit 1
+for layer in engine kernels streaming export; do [ -e "splatcast/$layer" ] || ln -s "../$layer" "splatcast/$layer"; done
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16
+lscpu | grep -E "^(Model name|CPU\(s\)|Thread|Core|Socket|NUMA)" | tee "$OUT/run.log"
+read -r server_cpus viewer_cpus < <(python3 benchmarks/cpu_split.py 16)
+echo "server CPUs $server_cpus, viewer CPUs $viewer_cpus" | tee -a "$OUT/run.log"
+timeout 300 python3 -c "from splatcast.kernels.cuda_rasterizer import _load_extension; _load_extension()" 2>&1 | tail -5 | tee -a "$OUT/run.log"
+device=$(python3 -c "import torch; print(torch.cuda.get_device_name().split()[1].lower())")
+sweep() {  # name, viewer CPUs, pytest -k selection
+    SPLATCAST_SWEEP_WORKERS=8,16 SPLATCAST_SWEEP_VIEWER_CPUS=$2 timeout 400 taskset -c "$server_cpus" \
+        python3 -m pytest benchmarks/test_sessions_gpu.py -q -p no:cacheprovider -k "$3" \
+        --benchmark-json="$OUT/sessions-$device-$1.json" 2>&1 | tail -4 | tee -a "$OUT/run.log"
+}
+sweep shared16 "$server_cpus" "8-32"
+sweep split "$viewer_cpus" "8-16 or 8-32 or 16-32"
+python3 - "$OUT" <<'PY'
+import json, sys, pathlib
+for path in sorted(pathlib.Path(sys.argv[1]).glob("sessions-*.json")):
+    for b in json.loads(path.read_text())["benchmarks"]:
+        e = b["extra_info"]
+        print(path.name, {k: e[k] for k in ("sessions", "workers", "server_cpus", "viewer_cpus", "server_fps_min", "server_fps_median", "viewer_fps_median", "server_pose_to_encoded_ms_p99_at_most", "render_ms_per_tick_mean", "server_cpu_cores_busy", "viewer_cpu_cores_busy")})
+PY
