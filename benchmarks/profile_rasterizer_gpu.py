@@ -128,7 +128,7 @@ def profile(case: str, storage: torch.dtype) -> dict:
     alone = torch.zeros_like(plan.ranges)
     alone[lengths.argmax()] = plan.ranges[lengths.argmax()]
     result["heaviest_tile_blend_ms"] = median_ms(lambda: timer.extension.blend(
-        alone, None, eager._pair_values_sorted, eager._splats, plan.background, plan.num_views, plan.width, plan.height,
+        alone, None, eager._pair_values_sorted, eager._splats, plan.num_views * plan.num_gaussians, plan.background, plan.num_views, plan.width, plan.height,
         plan.image, None, False, True))
     return result
 

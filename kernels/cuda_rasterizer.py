@@ -371,7 +371,7 @@ class CudaRasterizer:
         ext.tile_ranges(keys_sorted, slots, plan.ranges)
         ext.order_tiles(self._temp, plan.ranges, *plan.order)
         ext.blend(
-            plan.ranges, plan.order[3], self._pair_values_sorted, self._splats, plan.background, plan.num_views,
+            plan.ranges, plan.order[3], self._pair_values_sorted, self._splats, entries, plan.background, plan.num_views,
             plan.width, plan.height, plan.image, state, resume, final,
         )
 

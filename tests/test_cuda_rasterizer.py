@@ -176,6 +176,20 @@ def test_passes_over_the_pair_sequence_match_one_pass(generator):
     assert chunked.passes > 3
 
 
+def test_batches_past_2_24_entries_blend_without_carried_masks(generator):
+    """Pair values carry each splat's warp mask only while entry indices fit in 24 bits; a
+    larger batch's blending blocks test the splats themselves, with the same image per view."""
+    n, count = 260_000, 65
+    assert n * count > 1 << 24 > n * (count // 2 + 1)
+    cloud = random_cloud(n, sh_degree=1, extent=0.6, generator=generator).to("cuda")
+    views = random_views(generator, count, 64, 48)
+    rasterizer = cuda_rasterizer.CudaRasterizer(n, storage=torch.float32, graphs=False)
+    whole = rasterizer.render(cloud, views)
+    for part in (slice(0, count // 2 + 1), slice(count // 2 + 1, count)):
+        half = Views(views.world_to_camera[part], views.intrinsics[part], views.width, views.height)
+        assert torch.equal(rasterizer.render(cloud, half), whole[part])
+
+
 def test_buffers_grow_from_a_tiny_capacity(generator):
     cloud = cloud_for(generator, 30_000)
     views = random_views(generator, 2, 256, 192)

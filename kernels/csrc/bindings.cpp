@@ -265,14 +265,14 @@ private:
 };
 
 void blend(const torch::Tensor& ranges, const c10::optional<torch::Tensor>& tile_order, const torch::Tensor& values,
-           const torch::Tensor& splats, const torch::Tensor& background, int64_t num_views, int64_t width, int64_t height,
+           const torch::Tensor& splats, int64_t num_entries, const torch::Tensor& background, int64_t num_views, int64_t width, int64_t height,
            const torch::Tensor& image, const c10::optional<torch::Tensor>& state, bool resume, bool final) {
     const c10::cuda::CUDAGuard guard(ranges.device());
     const int64_t tiles = (width + TILE - 1) / TILE * ((height + TILE - 1) / TILE);
     check_buffer(ranges, torch::kInt32, 2 * num_views * tiles, "ranges");
     check_buffer(values, torch::kInt32, 0, "values");
     if (tile_order) check_buffer(*tile_order, torch::kInt32, num_views * tiles, "tile_order");
-    check_buffer(splats, torch::kFloat32, 0, "splats");
+    check_buffer(splats, torch::kFloat32, 8 * num_entries, "splats");
     check_buffer(background, torch::kFloat32, 3, "background");
     check_buffer(image, torch::kUInt8, num_views * height * width * 3, "image");
     TORCH_CHECK(final || state.has_value(), "a chunk that is not final needs a state buffer");
@@ -286,6 +286,7 @@ void blend(const torch::Tensor& ranges, const c10::optional<torch::Tensor>& tile
     args.values = ptr<const uint32_t>(values);
     args.tile_order = tile_order ? ptr<const uint32_t>(*tile_order) : nullptr;
     args.splats = ptr<const float4>(splats);
+    args.num_entries = num_entries;
     args.background = ptr<const float>(background);
     args.image = ptr<uint8_t>(image);
     args.state = state ? ptr<float4>(*state) : nullptr;

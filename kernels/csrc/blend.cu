@@ -7,10 +7,12 @@
 // for its pixel and stops at the first splat that would take its transmittance under
 // TRANSMITTANCE_MIN (that splat is not blended), and the block stops once every pixel has.
 //
-// Each warp owns an 8x4 rectangle. Staging a splat also tests its opacity-aware ellipse
-// against the block's rectangles, and each warp then walks only the splats that meet its own:
-// avatar splats span a few pixels, so most of a tile's list misses any one warp. The next
-// batch's records are loaded while this one blends.
+// Each warp owns an 8x4 rectangle and walks only the splats whose opacity-aware ellipse meets
+// it: avatar splats span a few pixels, so most of a tile's list misses any one warp. Which
+// rectangles a splat meets comes with its pair value (emission computed it, see common.h), so a
+// block loads and stages only the splats that meet its quarter, each warp's batch compacted in
+// list order; for batches too large to carry masks the block tests each splat itself. The next
+// batch's values and records are loaded while this one blends.
 #include "rasterizer.h"
 
 namespace splatcast {
@@ -20,6 +22,8 @@ namespace {
 constexpr unsigned FULL_MASK = 0xffffffffu;
 constexpr int SIDE = 8;                  // pixels per block side
 constexpr int THREADS = SIDE * SIDE;     // one per pixel: two warps of 8x4 pixels
+constexpr int WARPS = THREADS / 32;
+constexpr int BANDS = SIDE / WARP_ROWS;  // the block's warps, stacked
 constexpr int PARTS = (TILE / SIDE) * (TILE / SIDE);
 constexpr int ILP = 4;                   // splats whose opacities a thread computes together
 constexpr float LOG2_E = 1.4426950408889634f;
@@ -75,26 +79,6 @@ struct Pixel {
     }
 };
 
-// Bit w set when the splat's footprint holds a pixel centre of warp w's 8x4 rectangle, the
-// warps tiling the block's square whose first pixel centre is (x0, y0), row-major.
-__device__ inline uint32_t warp_mask(float4 a, float4 b, float x0, float y0) {
-    const float4 f = footprint_of(a, b);
-    uint32_t mask = 0;
-#pragma unroll
-    for (int band = 0; band < SIDE / 4; ++band) {
-        float left, right;
-        const float band_y = y0 + 4 * band - a.y;
-        if (!ellipse_band_extent(f.x, f.y, f.z, f.w, band_y - FOOTPRINT_MARGIN, band_y + 3.0f + FOOTPRINT_MARGIN, left, right))
-            continue;
-        left += a.x - FOOTPRINT_MARGIN;
-        right += a.x + FOOTPRINT_MARGIN;
-#pragma unroll
-        for (int column = 0; column < SIDE / 8; ++column)
-            if (left <= x0 + 8 * column + 7.0f && right >= x0 + 8 * column) mask |= 1u << (band * (SIDE / 8) + column);
-    }
-    return mask;
-}
-
 __global__ void __launch_bounds__(THREADS) blend_kernel(BlendArgs args) {
     const int tiles_x = tiles_along(args.width), tiles_per_view = tiles_x * tiles_along(args.height);
     const uint32_t tile = args.tile_order ? args.tile_order[blockIdx.x / PARTS] : blockIdx.x / PARTS;
@@ -119,38 +103,55 @@ __global__ void __launch_bounds__(THREADS) blend_kernel(BlendArgs args) {
     __shared__ float4 shared_a[THREADS];
     __shared__ float4 shared_b[THREADS];
     __shared__ float shared_blue[THREADS];
-    __shared__ uint8_t shared_mask[THREADS];  // warps whose rectangle the splat meets
+    __shared__ uint8_t shared_warps[THREADS];  // bit w: the splat meets warp w's rectangle
+    __shared__ int shared_count[WARPS];        // splats staged by each warp this batch
 
+    // The warps of this block a pair value's splat meets: bits (2 qy + w) * 2 + qx of the tile's
+    // mask for quarter (qx, qy) = (part % 2, part / 2).
+    const bool masks = values_carry_masks(args.num_entries);
+    const int quarter_bit = ENTRY_BITS + 4 * (part / 2) + part % 2;
     const int2 range = args.ranges[tile];
     int index = range.x + threadIdx.x;
+    uint32_t next_warps = 0;
     float4 next_a, next_b;
-    if (index < range.y) {
-        const int64_t entry = args.values[index];
-        next_a = args.splats[2 * entry];
-        next_b = args.splats[2 * entry + 1];
-    }
+    auto fetch = [&]() {
+        next_warps = 0;
+        if (index >= range.y) return;
+        const uint32_t value = args.values[index];
+        const uint32_t entry = masks ? value & ((1u << ENTRY_BITS) - 1) : value;
+        if (masks) {
+            next_warps = (value >> quarter_bit & 1u) | (value >> (quarter_bit + 2) & 1u) << 1;
+            if (next_warps == 0) return;
+        }
+        next_a = args.splats[2 * static_cast<int64_t>(entry)];
+        next_b = args.splats[2 * static_cast<int64_t>(entry) + 1];
+        if (!masks) {
+            float left[BANDS], right[BANDS];
+            band_extents<BANDS>(next_a, footprint_of(next_a, next_b), origin_y + 0.5f, left, right);
+            next_warps = rectangles_met<BANDS, SIDE / WARP_COLUMNS>(left, right, origin_x + 0.5f);
+        }
+    };
+    fetch();
     for (int batch_begin = range.x; batch_begin < range.y; batch_begin += THREADS) {
         // Also the barrier that lets the previous batch's shared data be overwritten.
         if (__syncthreads_count(pixel.done) == THREADS) break;
-        if (index < range.y) {
+        const unsigned staged = __ballot_sync(FULL_MASK, next_warps != 0);
+        if (next_warps != 0) {
+            const int slot = 32 * warp + __popc(staged & ((1u << lane) - 1));
             const Staged s = stage(next_a, next_b);
-            shared_a[threadIdx.x] = s.a;
-            shared_b[threadIdx.x] = s.b;
-            shared_blue[threadIdx.x] = s.blue;
-            shared_mask[threadIdx.x] = warp_mask(next_a, next_b, origin_x + 0.5f, origin_y + 0.5f);
+            shared_a[slot] = s.a;
+            shared_b[slot] = s.b;
+            shared_blue[slot] = s.blue;
+            shared_warps[slot] = static_cast<uint8_t>(next_warps);
         }
+        if (lane == 0) shared_count[warp] = __popc(staged);
         index += THREADS;
-        if (index < range.y) {
-            const int64_t entry = args.values[index];
-            next_a = args.splats[2 * entry];
-            next_b = args.splats[2 * entry + 1];
-        }
+        fetch();
         __syncthreads();
-        const int batch_size = min(THREADS, range.y - batch_begin);
-        for (int first = 0; first < batch_size; first += 32) {
+        for (int first = 0; first < THREADS; first += 32) {
             if (__all_sync(FULL_MASK, pixel.done)) break;
             const int j = first + lane;
-            const bool meets = j < batch_size && (shared_mask[j] >> warp & 1u);
+            const bool meets = lane < shared_count[first / 32] && (shared_warps[j] >> warp & 1u);
             // ILP hits at a time: their opacities together, then the state updates in order.
             for (unsigned hits = __ballot_sync(FULL_MASK, meets); hits != 0;) {
                 int k[ILP];

@@ -21,6 +21,15 @@ constexpr float TRANSMITTANCE_MIN = 1e-4f;
 constexpr float FRUSTUM_GUARD = 0.3f;    // Jacobian linearised up to 0.3 half-widths past the edge
 constexpr float FOOTPRINT_MARGIN = 1e-2f;  // px; tile bounds err on the side of one more tile
 constexpr uint32_t INVALID_KEY = 0xffffffffu;  // culled entries sort last
+constexpr int WARP_ROWS = 4, WARP_COLUMNS = 8;  // a blending warp's rectangle of pixels
+constexpr int ENTRY_BITS = 24;  // pair values: entry index below, the tile's warp mask above
+
+// Pair values carry, above the entry index, the tile's warp mask (bit band * 2 + column of the
+// 8x4 rectangles the splat's footprint meets, see rectangles_met) wherever every entry index of
+// the batch fits in ENTRY_BITS: emission computes it once per pair instead of each of a tile's
+// four blending blocks once per splat of the list. Larger batches carry bare entry indices and
+// the blending blocks compute their own rectangles' bits.
+__host__ __device__ inline bool values_carry_masks(int64_t num_entries) { return num_entries <= (int64_t{1} << ENTRY_BITS); }
 
 // One view (OpenCV conventions) as the host has it, copied without rearranging (the host writes
 // it before every frame): the top three rows of the 4x4 world-to-camera matrix [R | t] and the
@@ -108,6 +117,40 @@ __device__ inline void footprint_cols(float mx, float my, float4 f, int ty, int 
     col_begin = max(0, clamp_tile(ceilf((mx + left - FOOTPRINT_MARGIN - (TILE - 0.5f)) / TILE), tiles_x));
     col_end = min(tiles_x, clamp_tile(floorf((mx + right + FOOTPRINT_MARGIN - 0.5f) / TILE), tiles_x) + 1);
     if (col_end < col_begin) col_end = col_begin;
+}
+
+// The x-extents [left, right] (absolute pixels, margins included) of a splat's footprint f
+// (footprint_of) over BANDS bands of WARP_ROWS pixel-centre rows, the first from row centre y0;
+// a band the footprint misses gets left > right.
+template <int BANDS>
+__device__ inline void band_extents(float4 a, float4 f, float y0, float (&left)[BANDS], float (&right)[BANDS]) {
+#pragma unroll
+    for (int band = 0; band < BANDS; ++band) {
+        const float band_y = y0 + WARP_ROWS * band - a.y;
+        if (!ellipse_band_extent(f.x, f.y, f.z, f.w, band_y - FOOTPRINT_MARGIN, band_y + (WARP_ROWS - 1) + FOOTPRINT_MARGIN,
+                                 left[band], right[band])) {
+            left[band] = 1.0f;
+            right[band] = -1.0f;
+            continue;
+        }
+        left[band] += a.x - FOOTPRINT_MARGIN;
+        right[band] += a.x + FOOTPRINT_MARGIN;
+    }
+}
+
+// Bit band * COLUMNS + column set where the extents meet the pixel centres of the rectangle of
+// WARP_COLUMNS pixels at that band and column, the first column's first centre at x0.
+template <int BANDS, int COLUMNS>
+__device__ inline uint32_t rectangles_met(const float (&left)[BANDS], const float (&right)[BANDS], float x0) {
+    uint32_t mask = 0;
+#pragma unroll
+    for (int band = 0; band < BANDS; ++band)
+#pragma unroll
+        for (int column = 0; column < COLUMNS; ++column) {
+            const float first = x0 + WARP_COLUMNS * column;
+            if (left[band] <= first + (WARP_COLUMNS - 1) && right[band] >= first) mask |= 1u << (band * COLUMNS + column);
+        }
+    return mask;
 }
 
 #endif  // __CUDACC__

@@ -29,6 +29,7 @@ __global__ void emit_pairs_kernel(EmitArgs args) {
     // The footprint preprocess counted; never more pairs than it counted are written, and slots
     // left unwritten keep the caller's fill (all bits set, past every tile key).
     Key* pair_keys = static_cast<Key*>(args.pair_keys);
+    const bool masks = values_carry_masks(args.num_entries);
     int64_t k = begin;
     int row_begin, row_end;
     footprint_rows(a.y, f.z, f.w, tiles_y, row_begin, row_end);
@@ -40,10 +41,14 @@ __global__ void emit_pairs_kernel(EmitArgs args) {
             k += row_pairs;
             continue;
         }
+        constexpr int BANDS = TILE / WARP_ROWS;
+        float left[BANDS], right[BANDS];
+        if (masks) band_extents<BANDS>(a, f, ty * TILE + 0.5f, left, right);
         for (int tx = col_begin; tx < col_end && k < stop; ++tx, ++k) {
             if (k < args.base) continue;
             pair_keys[k - args.base] = static_cast<Key>(view_key + ty * tiles_x + tx);
-            args.pair_values[k - args.base] = entry;
+            const uint32_t mask = masks ? rectangles_met<BANDS, TILE / WARP_COLUMNS>(left, right, tx * TILE + 0.5f) : 0u;
+            args.pair_values[k - args.base] = mask << ENTRY_BITS | entry;
         }
     }
 }

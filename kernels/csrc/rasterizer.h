@@ -58,6 +58,7 @@ cudaError_t launch_tile_loads(uint32_t num_tiles, const int2* ranges, uint32_t* 
 // blend.cu --------------------------------------------------------------------------------------
 struct BlendArgs {
     int num_views, width, height;
+    int64_t num_entries;        // views x Gaussians: whether values carry warp masks
     const int2* ranges;         // (V * tiles) [begin, end) into values
     const uint32_t* tile_order; // blocks take tiles in this order (heaviest first), or nullptr
     const uint32_t* values;
