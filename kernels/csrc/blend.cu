@@ -127,7 +127,7 @@ __global__ void __launch_bounds__(THREADS) blend_kernel(BlendArgs args) {
         next_b = args.splats[2 * static_cast<int64_t>(entry) + 1];
         if (!masks) {
             float left[BANDS], right[BANDS];
-            band_extents<BANDS>(next_a, footprint_of(next_a, next_b), origin_y + 0.5f, left, right);
+            band_extents<BANDS>(next_a.x, next_a.y, Footprint(next_a, next_b), origin_y + 0.5f, left, right);
             next_warps = rectangles_met<BANDS, SIDE / WARP_COLUMNS>(left, right, origin_x + 0.5f);
         }
     };

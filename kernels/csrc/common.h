@@ -50,14 +50,55 @@ __host__ __device__ inline int tiles_along(int pixels) { return (pixels + TILE -
 
 #ifdef __CUDACC__
 
-// The opacity-aware footprint of a splat record: its 2D covariance (a, b, c) (the inverse of the
-// conic) and q_max, the Mahalanobis radius^2 where opacity * exp(-q/2) reaches ALPHA_MIN.
-// Preprocess counts tiles and emission lists them from these same stored values, so the two
-// always agree.
-__device__ inline float4 footprint_of(float4 a, float4 b) {
-    const float inv_det = 1.0f / (a.z * b.x - a.w * a.w);
-    return make_float4(b.x * inv_det, -a.w * inv_det, a.z * inv_det, 2.0f * logf(fmaxf(b.y / ALPHA_MIN, 1.0f)));
-}
+// The opacity-aware footprint of a splat record: the ellipse {d : d^T cov^-1 d <= q} of its 2D
+// covariance (a, b, c) (the inverse of the conic) and q, the Mahalanobis radius^2 where
+// opacity * exp(-q/2) reaches ALPHA_MIN, with the terms every band's x-extent shares computed
+// once. Preprocess counts tiles and emission lists them from these same stored values, so the
+// two always agree.
+struct Footprint {
+    float cov_a, cov_b, cov_c, q;
+    float det, inv_cov_c;
+    float half_x, half_y;  // the ellipse's half-widths
+    float dy_right;        // dy of its rightmost point (its leftmost is at -dy_right)
+
+    __device__ Footprint(float4 a, float4 b) {
+        const float inv_det = 1.0f / (a.z * b.x - a.w * a.w);
+        cov_a = b.x * inv_det;
+        cov_b = -a.w * inv_det;
+        cov_c = a.z * inv_det;
+        q = 2.0f * logf(fmaxf(b.y / ALPHA_MIN, 1.0f));
+        det = cov_a * cov_c - cov_b * cov_b;
+        inv_cov_c = 1.0f / cov_c;
+        half_x = sqrtf(q * cov_a);
+        half_y = sqrtf(q * cov_c);
+        dy_right = cov_b * sqrtf(q / cov_a);
+    }
+
+    // The x-extent [left, right] (relative to the centre) over the horizontal band dy in
+    // [y0, y1]; false when the band misses the ellipse.
+    __device__ bool band_extent(float y0, float y1, float& left, float& right) const {
+        y0 = fmaxf(y0, -half_y);
+        y1 = fminf(y1, half_y);
+        if (y0 > y1) return false;
+        // On the line dy the ellipse spans x = (b dy +- sqrt(det (q c - dy^2))) / c; its rightmost
+        // point (sqrt(q a), b sqrt(q / a)) and leftmost point mirror each other. The right edge is
+        // concave in dy and the left edge convex, so over [y0, y1] each extreme is either the
+        // ellipse's own or at the band end nearest to it.
+        if (dy_right >= y0 && dy_right <= y1) {
+            right = half_x;
+        } else {
+            const float dy = fminf(fmaxf(dy_right, y0), y1);
+            right = (cov_b * dy + sqrtf(fmaxf(det * (q * cov_c - dy * dy), 0.0f))) * inv_cov_c;
+        }
+        if (-dy_right >= y0 && -dy_right <= y1) {
+            left = -half_x;
+        } else {
+            const float dy = fminf(fmaxf(-dy_right, y0), y1);
+            left = (cov_b * dy - sqrtf(fmaxf(det * (q * cov_c - dy * dy), 0.0f))) * inv_cov_c;
+        }
+        return true;
+    }
+};
 
 __device__ inline int clamp_tile(float t, int tiles) {
     // float clamp first: the value can be far outside int range for splats far off-screen.
@@ -65,52 +106,22 @@ __device__ inline int clamp_tile(float t, int tiles) {
 }
 
 // Tile rows [row_begin, row_end) whose pixel centres meet the ellipse's vertical extent.
-__device__ inline void footprint_rows(float my, float cov_c, float q, int tiles_y, int& row_begin, int& row_end) {
-    float half_y = sqrtf(q * cov_c) + FOOTPRINT_MARGIN;
+__device__ inline void footprint_rows(float my, const Footprint& f, int tiles_y, int& row_begin, int& row_end) {
+    const float half_y = f.half_y + FOOTPRINT_MARGIN;
     // Row ty holds pixel centres y in [ty*T + 0.5, ty*T + T - 0.5].
     row_begin = max(0, clamp_tile(ceilf((my - half_y - (TILE - 0.5f)) / TILE), tiles_y));
     row_end = min(tiles_y, clamp_tile(floorf((my + half_y - 0.5f) / TILE), tiles_y) + 1);
 }
 
-// The x-extent [left, right] (relative to the centre) of the ellipse {d : d^T cov^-1 d <= q}
-// over the horizontal band dy in [y0, y1]; false when the band misses the ellipse.
-__device__ inline bool ellipse_band_extent(float cov_a, float cov_b, float cov_c, float q, float y0, float y1, float& left,
-                                           float& right) {
-    const float half_y = sqrtf(q * cov_c);
-    y0 = fmaxf(y0, -half_y);
-    y1 = fminf(y1, half_y);
-    if (y0 > y1) return false;
-    // On the line dy the ellipse spans x = (b dy +- sqrt(det (q c - dy^2))) / c; its rightmost
-    // point (sqrt(q a), b sqrt(q / a)) and leftmost point mirror each other. The right edge is
-    // concave in dy and the left edge convex, so over [y0, y1] each extreme is either the
-    // ellipse's own or at the band end nearest to it.
-    const float det = cov_a * cov_c - cov_b * cov_b;
-    const float half_x = sqrtf(q * cov_a);
-    const float dy_right = cov_b * sqrtf(q / cov_a);
-    if (dy_right >= y0 && dy_right <= y1) {
-        right = half_x;
-    } else {
-        const float dy = fminf(fmaxf(dy_right, y0), y1);
-        right = (cov_b * dy + sqrtf(fmaxf(det * (q * cov_c - dy * dy), 0.0f))) / cov_c;
-    }
-    if (-dy_right >= y0 && -dy_right <= y1) {
-        left = -half_x;
-    } else {
-        const float dy = fminf(fmaxf(-dy_right, y0), y1);
-        left = (cov_b * dy - sqrtf(fmaxf(det * (q * cov_c - dy * dy), 0.0f))) / cov_c;
-    }
-    return true;
-}
-
 // Tile columns [col_begin, col_end) of tile row ty met by the ellipse around (mx, my): the exact
 // x-extent of the ellipse within the row's band of pixel centres (AccuTile/SnugBox), widened
 // by FOOTPRINT_MARGIN.
-__device__ inline void footprint_cols(float mx, float my, float4 f, int ty, int tiles_x, int& col_begin, int& col_end) {
-    const float cov_a = f.x, cov_b = f.y, cov_c = f.z, q = f.w;
+__device__ inline void footprint_cols(float mx, float my, const Footprint& f, int ty, int tiles_x, int& col_begin,
+                                      int& col_end) {
     // Row ty holds pixel centres y in [ty*T + 0.5, ty*T + T - 0.5], columns likewise in x.
     float left, right;
-    if (!ellipse_band_extent(cov_a, cov_b, cov_c, q, ty * TILE + 0.5f - my - FOOTPRINT_MARGIN,
-                             ty * TILE + TILE - 0.5f - my + FOOTPRINT_MARGIN, left, right)) {
+    if (!f.band_extent(ty * TILE + 0.5f - my - FOOTPRINT_MARGIN, ty * TILE + TILE - 0.5f - my + FOOTPRINT_MARGIN, left,
+                       right)) {
         col_begin = col_end = 0;
         return;
     }
@@ -119,22 +130,22 @@ __device__ inline void footprint_cols(float mx, float my, float4 f, int ty, int 
     if (col_end < col_begin) col_end = col_begin;
 }
 
-// The x-extents [left, right] (absolute pixels, margins included) of a splat's footprint f
-// (footprint_of) over BANDS bands of WARP_ROWS pixel-centre rows, the first from row centre y0;
-// a band the footprint misses gets left > right.
+// The x-extents [left, right] (absolute pixels, margins included) of the footprint of a splat
+// centred at (mx, my) over BANDS bands of WARP_ROWS pixel-centre rows, the first from row
+// centre y0; a band the footprint misses gets left > right.
 template <int BANDS>
-__device__ inline void band_extents(float4 a, float4 f, float y0, float (&left)[BANDS], float (&right)[BANDS]) {
+__device__ inline void band_extents(float mx, float my, const Footprint& f, float y0, float (&left)[BANDS],
+                                    float (&right)[BANDS]) {
 #pragma unroll
     for (int band = 0; band < BANDS; ++band) {
-        const float band_y = y0 + WARP_ROWS * band - a.y;
-        if (!ellipse_band_extent(f.x, f.y, f.z, f.w, band_y - FOOTPRINT_MARGIN, band_y + (WARP_ROWS - 1) + FOOTPRINT_MARGIN,
-                                 left[band], right[band])) {
+        const float band_y = y0 + WARP_ROWS * band - my;
+        if (!f.band_extent(band_y - FOOTPRINT_MARGIN, band_y + (WARP_ROWS - 1) + FOOTPRINT_MARGIN, left[band], right[band])) {
             left[band] = 1.0f;
             right[band] = -1.0f;
             continue;
         }
-        left[band] += a.x - FOOTPRINT_MARGIN;
-        right[band] += a.x + FOOTPRINT_MARGIN;
+        left[band] += mx - FOOTPRINT_MARGIN;
+        right[band] += mx + FOOTPRINT_MARGIN;
     }
 }
 

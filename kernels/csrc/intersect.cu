@@ -23,7 +23,7 @@ __global__ void emit_pairs_kernel(EmitArgs args) {
     const int tiles_x = tiles_along(args.width), tiles_y = tiles_along(args.height);
     const uint32_t view_key = (entry / args.num_gaussians) * static_cast<uint32_t>(tiles_x * tiles_y);
     const float4 a = args.splats[2 * static_cast<int64_t>(entry)];
-    const float4 f = footprint_of(a, args.splats[2 * static_cast<int64_t>(entry) + 1]);
+    const Footprint f(a, args.splats[2 * static_cast<int64_t>(entry) + 1]);
     const int64_t stop = min(end, window_end);
 
     // The footprint preprocess counted; never more pairs than it counted are written, and slots
@@ -32,7 +32,7 @@ __global__ void emit_pairs_kernel(EmitArgs args) {
     const bool masks = values_carry_masks(args.num_entries);
     int64_t k = begin;
     int row_begin, row_end;
-    footprint_rows(a.y, f.z, f.w, tiles_y, row_begin, row_end);
+    footprint_rows(a.y, f, tiles_y, row_begin, row_end);
     for (int ty = row_begin; ty < row_end && k < stop; ++ty) {
         int col_begin, col_end;
         footprint_cols(a.x, a.y, f, ty, tiles_x, col_begin, col_end);
@@ -43,7 +43,7 @@ __global__ void emit_pairs_kernel(EmitArgs args) {
         }
         constexpr int BANDS = TILE / WARP_ROWS;
         float left[BANDS], right[BANDS];
-        if (masks) band_extents<BANDS>(a, f, ty * TILE + 0.5f, left, right);
+        if (masks) band_extents<BANDS>(a.x, a.y, f, ty * TILE + 0.5f, left, right);
         for (int tx = col_begin; tx < col_end && k < stop; ++tx, ++k) {
             if (k < args.base) continue;
             pair_keys[k - args.base] = static_cast<Key>(view_key + ty * tiles_x + tx);

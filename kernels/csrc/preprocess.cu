@@ -140,9 +140,9 @@ __global__ void __launch_bounds__(128) preprocess_kernel(
         const float inv_det = 1.0f / det;
         const float4 record_a = make_float4(mx, my, c * inv_det, -b * inv_det);
         float4 record_b = make_float4(a * inv_det, opacity, 0.0f, 0.0f);
-        const float4 f = footprint_of(record_a, record_b);
+        const Footprint f(record_a, record_b);
         int row_begin, row_end;
-        footprint_rows(my, f.z, f.w, tiles_y, row_begin, row_end);
+        footprint_rows(my, f, tiles_y, row_begin, row_end);
         uint32_t count = 0;
         for (int ty = row_begin; ty < row_end; ++ty) {
             int col_begin, col_end;
