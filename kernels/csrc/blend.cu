@@ -7,13 +7,12 @@
 // for its pixel and stops at the first splat that would take its transmittance under
 // TRANSMITTANCE_MIN (that splat is not blended), and the block stops once every pixel has.
 //
-// Each warp owns an 8x4 rectangle, two 4x4 halves that walk, side by side, only the splats whose
-// opacity-aware ellipse meets them: avatar splats span a few pixels, so most of a tile's list
-// misses any one warp, and many splats that meet a warp meet one half of it. Which 8x4
+// Each warp owns an 8x4 rectangle and walks only the splats whose opacity-aware ellipse meets
+// it: avatar splats span a few pixels, so most of a tile's list misses any one warp. Which
 // rectangles a splat meets comes with its pair value (emission computed it, see common.h), so a
 // block loads and stages only the splats that meet its quarter, each warp's batch compacted in
-// list order, and tests those against its halves; for batches too large to carry masks the
-// block tests every splat. The next batch's values and records are loaded while this one blends.
+// list order; for batches too large to carry masks the block tests each splat itself. The next
+// batch's values and records are loaded while this one blends.
 #include "rasterizer.h"
 
 namespace splatcast {
@@ -25,7 +24,6 @@ constexpr int SIDE = 8;                  // pixels per block side
 constexpr int THREADS = SIDE * SIDE;     // one per pixel: two warps of 8x4 pixels
 constexpr int WARPS = THREADS / 32;
 constexpr int BANDS = SIDE / WARP_ROWS;  // the block's warps, stacked
-constexpr int HALF_SIDE = 4;             // pixels per side of a half warp's square
 constexpr int PARTS = (TILE / SIDE) * (TILE / SIDE);
 constexpr int ILP = 4;                   // splats whose opacities a thread computes together
 constexpr float LOG2_E = 1.4426950408889634f;
@@ -88,10 +86,9 @@ __global__ void __launch_bounds__(THREADS) blend_kernel(BlendArgs args) {
     const int view = tile / tiles_per_view;
     const int origin_x = tile % tiles_per_view % tiles_x * TILE + part % (TILE / SIDE) * SIDE;
     const int origin_y = tile % tiles_per_view / tiles_x * TILE + part / (TILE / SIDE) * SIDE;
-    // A warp's 8x4 rectangle is two 4x4 halves, lanes 0-15 the left one, each row-major.
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, half = lane / 16;
-    const int x = origin_x + warp % (SIDE / 8) * 8 + half * HALF_SIDE + lane % HALF_SIDE;
-    const int y = origin_y + warp / (SIDE / 8) * 4 + lane % 16 / HALF_SIDE;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int x = origin_x + warp % (SIDE / 8) * 8 + lane % 8;
+    const int y = origin_y + warp / (SIDE / 8) * 4 + lane / 8;
     const bool inside = x < args.width && y < args.height;
     const int64_t pixel_index = (static_cast<int64_t>(view) * args.height + y) * args.width + x;
 
@@ -106,7 +103,7 @@ __global__ void __launch_bounds__(THREADS) blend_kernel(BlendArgs args) {
     __shared__ float4 shared_a[THREADS];
     __shared__ float4 shared_b[THREADS];
     __shared__ float shared_blue[THREADS];
-    __shared__ uint8_t shared_halves[THREADS];  // bit 2 w + h: the splat meets half h of warp w
+    __shared__ uint8_t shared_warps[THREADS];  // bit w: the splat meets warp w's rectangle
     __shared__ int shared_count[WARPS];        // splats staged by each warp this batch
 
     // The warps of this block a pair value's splat meets: bits (2 qy + w) * 2 + qx of the tile's
@@ -115,32 +112,37 @@ __global__ void __launch_bounds__(THREADS) blend_kernel(BlendArgs args) {
     const int quarter_bit = ENTRY_BITS + 4 * (part / 2) + part % 2;
     const int2 range = args.ranges[tile];
     int index = range.x + threadIdx.x;
-    uint32_t next_halves = 0;
+    uint32_t next_warps = 0;
     float4 next_a, next_b;
     auto fetch = [&]() {
-        next_halves = 0;
+        next_warps = 0;
         if (index >= range.y) return;
         const uint32_t value = args.values[index];
         const uint32_t entry = masks ? value & ((1u << ENTRY_BITS) - 1) : value;
-        if (masks && (value >> quarter_bit & 1u) == 0 && (value >> (quarter_bit + 2) & 1u) == 0) return;
+        if (masks) {
+            next_warps = (value >> quarter_bit & 1u) | (value >> (quarter_bit + 2) & 1u) << 1;
+            if (next_warps == 0) return;
+        }
         next_a = args.splats[2 * static_cast<int64_t>(entry)];
         next_b = args.splats[2 * static_cast<int64_t>(entry) + 1];
-        float left[BANDS], right[BANDS];
-        band_extents<BANDS>(next_a.x, next_a.y, Footprint(next_a, next_b), origin_y + 0.5f, left, right);
-        next_halves = rectangles_met<BANDS, SIDE / HALF_SIDE, HALF_SIDE>(left, right, origin_x + 0.5f);
+        if (!masks) {
+            float left[BANDS], right[BANDS];
+            band_extents<BANDS>(next_a.x, next_a.y, Footprint(next_a, next_b), origin_y + 0.5f, left, right);
+            next_warps = rectangles_met<BANDS, SIDE / WARP_COLUMNS>(left, right, origin_x + 0.5f);
+        }
     };
     fetch();
     for (int batch_begin = range.x; batch_begin < range.y; batch_begin += THREADS) {
         // Also the barrier that lets the previous batch's shared data be overwritten.
         if (__syncthreads_count(pixel.done) == THREADS) break;
-        const unsigned staged = __ballot_sync(FULL_MASK, next_halves != 0);
-        if (next_halves != 0) {
+        const unsigned staged = __ballot_sync(FULL_MASK, next_warps != 0);
+        if (next_warps != 0) {
             const int slot = 32 * warp + __popc(staged & ((1u << lane) - 1));
             const Staged s = stage(next_a, next_b);
             shared_a[slot] = s.a;
             shared_b[slot] = s.b;
             shared_blue[slot] = s.blue;
-            shared_halves[slot] = static_cast<uint8_t>(next_halves);
+            shared_warps[slot] = static_cast<uint8_t>(next_warps);
         }
         if (lane == 0) shared_count[warp] = __popc(staged);
         index += THREADS;
@@ -149,12 +151,9 @@ __global__ void __launch_bounds__(THREADS) blend_kernel(BlendArgs args) {
         for (int first = 0; first < THREADS; first += 32) {
             if (__all_sync(FULL_MASK, pixel.done)) break;
             const int j = first + lane;
-            const unsigned halves = lane < shared_count[first / 32] ? shared_halves[j] >> 2 * warp : 0u;
-            const unsigned left_hits = __ballot_sync(FULL_MASK, halves & 1u), right_hits = __ballot_sync(FULL_MASK, halves & 2u);
-            // ILP hits at a time: their opacities together, then the state updates in order. The
-            // halves walk their own hits side by side, so a splat that meets one half costs the
-            // other nothing.
-            for (unsigned hits = half ? right_hits : left_hits; hits != 0;) {
+            const bool meets = lane < shared_count[first / 32] && (shared_warps[j] >> warp & 1u);
+            // ILP hits at a time: their opacities together, then the state updates in order.
+            for (unsigned hits = __ballot_sync(FULL_MASK, meets); hits != 0;) {
                 int k[ILP];
                 float alpha[ILP];
 #pragma unroll

@@ -150,16 +150,16 @@ __device__ inline void band_extents(float mx, float my, const Footprint& f, floa
 }
 
 // Bit band * COLUMNS + column set where the extents meet the pixel centres of the rectangle of
-// WIDTH pixels at that band and column, the first column's first centre at x0.
-template <int BANDS, int COLUMNS, int WIDTH = WARP_COLUMNS>
+// WARP_COLUMNS pixels at that band and column, the first column's first centre at x0.
+template <int BANDS, int COLUMNS>
 __device__ inline uint32_t rectangles_met(const float (&left)[BANDS], const float (&right)[BANDS], float x0) {
     uint32_t mask = 0;
 #pragma unroll
     for (int band = 0; band < BANDS; ++band)
 #pragma unroll
         for (int column = 0; column < COLUMNS; ++column) {
-            const float first = x0 + WIDTH * column;
-            if (left[band] <= first + (WIDTH - 1) && right[band] >= first) mask |= 1u << (band * COLUMNS + column);
+            const float first = x0 + WARP_COLUMNS * column;
+            if (left[band] <= first + (WARP_COLUMNS - 1) && right[band] >= first) mask |= 1u << (band * COLUMNS + column);
         }
     return mask;
 }
