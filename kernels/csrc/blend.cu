@@ -63,19 +63,19 @@ struct Pixel {
     float transmittance;
     bool done;
 
-    // Front-to-back compositing of one splat, as reference.blend_slice.
+    // Front-to-back compositing of one splat, as reference.blend_slice, without branches: most
+    // lanes of a warp's hit see alpha 0, which leaves the pixel as it is (a weight of 0, and
+    // transmittance times 1).
     __device__ inline void composite(float alpha, float red, float green, float blue) {
-        if (done || alpha == 0.0f) return;
         const float next = transmittance * (1.0f - alpha);
-        if (next < TRANSMITTANCE_MIN) {
-            done = true;
-            return;
-        }
-        const float weight = alpha * transmittance;
+        const bool stop = next < TRANSMITTANCE_MIN;
+        const bool blends = !done && !stop;
+        const float weight = blends ? alpha * transmittance : 0.0f;
         colour.x += weight * red;
         colour.y += weight * green;
         colour.z += weight * blue;
-        transmittance = next;
+        transmittance = blends ? next : transmittance;
+        done = done || stop;
     }
 };
 
@@ -154,17 +154,22 @@ __global__ void __launch_bounds__(THREADS) blend_kernel(BlendArgs args) {
             const bool meets = lane < shared_count[first / 32] && (shared_warps[j] >> warp & 1u);
             // ILP hits at a time: their opacities together, then the state updates in order.
             for (unsigned hits = __ballot_sync(FULL_MASK, meets); hits != 0;) {
-                int k[ILP];
-                float alpha[ILP];
+                const int count = min(ILP, __popc(hits));
+                float alpha[ILP], red[ILP], green[ILP], blue[ILP];
 #pragma unroll
                 for (int u = 0; u < ILP; ++u) {
-                    k[u] = hits != 0 ? first + __ffs(hits) - 1 : -1;
+                    if (u >= count) break;
+                    const int k = first + __ffs(hits) - 1;
                     hits &= hits - 1;
-                    alpha[u] = k[u] >= 0 ? alpha_at(pixel.x, pixel.y, shared_a[k[u]], shared_b[k[u]]) : 0.0f;
+                    const float4 a = shared_a[k], b = shared_b[k];
+                    alpha[u] = alpha_at(pixel.x, pixel.y, a, b);
+                    red[u] = b.z;
+                    green[u] = b.w;
+                    blue[u] = shared_blue[k];
                 }
 #pragma unroll
                 for (int u = 0; u < ILP; ++u)
-                    if (k[u] >= 0) pixel.composite(alpha[u], shared_b[k[u]].z, shared_b[k[u]].w, shared_blue[k[u]]);
+                    if (u < count) pixel.composite(alpha[u], red[u], green[u], blue[u]);
             }
         }
     }
