@@ -32,54 +32,62 @@ __device__ inline float2 unpack_half2(float bits) {
     return __half22float2(*reinterpret_cast<const __half2*>(&bits));
 }
 
-// A staged splat, in the form that makes a pixel's opacity one exp2 of a quadratic:
-// alpha = min(ALPHA_MAX, exp2(e + log2(opacity))) with e = qa dx^2 + qc dy^2 + qb dx dy the
-// reference's power -q/2 in base 2.
+// A staged splat, in the form that makes a pixel's opacity one exp2 of a quadratic in the pixel
+// centre (x, y) relative to the block's origin: alpha = min(ALPHA_MAX, exp2(e + log2(opacity)))
+// with e = A x^2 + B xy + C y^2 + D x + E y + F, the reference's power -q/2 in base 2 expanded
+// around the origin (five multiply-adds a pixel instead of eight operations on its offset from
+// the mean; the splats a block stages lie within a few of their own radii of it, so the
+// expansion loses no more than ~1e-5 of e).
 struct Staged {
-    float4 a;  // mean x, y; qa, qb
-    float4 b;  // qc, log2(opacity), red, green
-    float blue;
+    float4 a;  // A, B, C, D
+    float4 b;  // E, F, log2(opacity), red
+    float2 c;  // green, blue
 };
 
-__device__ inline Staged stage(float4 a, float4 b) {
+__device__ inline Staged stage(float4 a, float4 b, float origin_x, float origin_y) {
     const float2 rg = unpack_half2(b.z), b0 = unpack_half2(b.w);
-    return {make_float4(a.x, a.y, -0.5f * LOG2_E * a.z, -LOG2_E * a.w),
-            make_float4(-0.5f * LOG2_E * b.x, log2f(b.y), rg.x, rg.y), b0.x};
+    const float qa = -0.5f * LOG2_E * a.z, qb = -LOG2_E * a.w, qc = -0.5f * LOG2_E * b.x;
+    const float mx = a.x - origin_x, my = a.y - origin_y;
+    return {make_float4(qa, qb, qc, -2.0f * qa * mx - qb * my),
+            make_float4(-2.0f * qc * my - qb * mx, (qa * mx + qb * my) * mx + qc * my * my, log2f(b.y), rg.x),
+            make_float2(rg.y, b0.x)};
 }
 
-// Opacity of a staged splat at pixel centre (x, y), or 0 where the reference skips it (power
-// > 0, or alpha under ALPHA_MIN). Independent of the pixel's state, so several are computed at
-// once while the state updates stay in depth order.
-__device__ inline float alpha_at(float x, float y, float4 a, float4 b) {
-    const float dx = x - a.x, dy = y - a.y;
-    const float e = a.z * dx * dx + b.x * dy * dy + a.w * dx * dy;
-    const float alpha = fminf(ALPHA_MAX, exp2f(e + b.y));
+// A pixel centre's terms of the expanded quadratic.
+struct Monomials {
+    float xx, xy, yy, x, y;
+};
+
+// Opacity of a staged splat at a pixel centre, or 0 where the reference skips it (power > 0,
+// or alpha under ALPHA_MIN). Independent of the pixel's state, so several are computed at once
+// while the state updates stay in depth order.
+__device__ inline float alpha_at(const Monomials& m, float4 a, float4 b) {
+    const float e = fmaf(a.x, m.xx, fmaf(a.y, m.xy, fmaf(a.z, m.yy, fmaf(a.w, m.x, fmaf(b.x, m.y, b.y)))));
+    const float alpha = fminf(ALPHA_MAX, exp2f(e + b.z));
     return e > 0.0f || alpha < ALPHA_MIN ? 0.0f : alpha;
 }
 
 struct Pixel {
-    float x, y;  // centre, pixels
     float3 colour;
     float transmittance;
-    bool done;
+    bool live;  // inside the image and not yet saturated
 
     // Front-to-back compositing of one splat, as reference.blend_slice, without branches: most
     // lanes of a warp's hit see alpha 0, which leaves the pixel as it is (a weight of 0, and
     // transmittance times 1).
     __device__ inline void composite(float alpha, float red, float green, float blue) {
         const float next = transmittance * (1.0f - alpha);
-        const bool stop = next < TRANSMITTANCE_MIN;
-        const bool blends = !done && !stop;
-        const float weight = blends ? alpha * transmittance : 0.0f;
+        live = live && next >= TRANSMITTANCE_MIN;
+        const float weight = live ? alpha * transmittance : 0.0f;
         colour.x += weight * red;
         colour.y += weight * green;
         colour.z += weight * blue;
-        transmittance = blends ? next : transmittance;
-        done = done || stop;
+        transmittance = live ? next : transmittance;
     }
 };
 
-__global__ void __launch_bounds__(THREADS) blend_kernel(BlendArgs args) {
+// At least 12 blocks an SM leaves ptxas 80 registers: at its default 64 the hit loop spilled.
+__global__ void __launch_bounds__(THREADS, 12) blend_kernel(BlendArgs args) {
     const int tiles_x = tiles_along(args.width), tiles_per_view = tiles_x * tiles_along(args.height);
     const uint32_t tile = args.tile_order ? args.tile_order[blockIdx.x / PARTS] : blockIdx.x / PARTS;
     const int part = blockIdx.x % PARTS;
@@ -92,17 +100,19 @@ __global__ void __launch_bounds__(THREADS) blend_kernel(BlendArgs args) {
     const bool inside = x < args.width && y < args.height;
     const int64_t pixel_index = (static_cast<int64_t>(view) * args.height + y) * args.width + x;
 
-    Pixel pixel{x + 0.5f, y + 0.5f, make_float3(0.0f, 0.0f, 0.0f), 1.0f, !inside};
+    const float local_x = x - origin_x + 0.5f, local_y = y - origin_y + 0.5f;
+    const Monomials centre{local_x * local_x, local_x * local_y, local_y * local_y, local_x, local_y};
+    Pixel pixel{make_float3(0.0f, 0.0f, 0.0f), 1.0f, inside};
     if (args.resume && inside) {
         const float4 s = args.state[pixel_index];
         pixel.colour = make_float3(s.x, s.y, s.z);
-        pixel.done = s.w < 0.0f;
+        pixel.live = s.w >= 0.0f;
         pixel.transmittance = fabsf(s.w);
     }
 
     __shared__ float4 shared_a[THREADS];
     __shared__ float4 shared_b[THREADS];
-    __shared__ float shared_blue[THREADS];
+    __shared__ float2 shared_c[THREADS];
     __shared__ uint8_t shared_warps[THREADS];  // bit w: the splat meets warp w's rectangle
     __shared__ int shared_count[WARPS];        // splats staged by each warp this batch
 
@@ -134,14 +144,14 @@ __global__ void __launch_bounds__(THREADS) blend_kernel(BlendArgs args) {
     fetch();
     for (int batch_begin = range.x; batch_begin < range.y; batch_begin += THREADS) {
         // Also the barrier that lets the previous batch's shared data be overwritten.
-        if (__syncthreads_count(pixel.done) == THREADS) break;
+        if (__syncthreads_count(!pixel.live) == THREADS) break;
         const unsigned staged = __ballot_sync(FULL_MASK, next_warps != 0);
         if (next_warps != 0) {
             const int slot = 32 * warp + __popc(staged & ((1u << lane) - 1));
-            const Staged s = stage(next_a, next_b);
+            const Staged s = stage(next_a, next_b, origin_x, origin_y);
             shared_a[slot] = s.a;
             shared_b[slot] = s.b;
-            shared_blue[slot] = s.blue;
+            shared_c[slot] = s.c;
             shared_warps[slot] = static_cast<uint8_t>(next_warps);
         }
         if (lane == 0) shared_count[warp] = __popc(staged);
@@ -149,7 +159,7 @@ __global__ void __launch_bounds__(THREADS) blend_kernel(BlendArgs args) {
         fetch();
         __syncthreads();
         for (int first = 0; first < THREADS; first += 32) {
-            if (__all_sync(FULL_MASK, pixel.done)) break;
+            if (__all_sync(FULL_MASK, !pixel.live)) break;
             const int j = first + lane;
             const bool meets = lane < shared_count[first / 32] && (shared_warps[j] >> warp & 1u);
             // ILP hits at a time: their opacities together, then the state updates in order.
@@ -162,10 +172,11 @@ __global__ void __launch_bounds__(THREADS) blend_kernel(BlendArgs args) {
                     const int k = first + __ffs(hits) - 1;
                     hits &= hits - 1;
                     const float4 a = shared_a[k], b = shared_b[k];
-                    alpha[u] = alpha_at(pixel.x, pixel.y, a, b);
-                    red[u] = b.z;
-                    green[u] = b.w;
-                    blue[u] = shared_blue[k];
+                    const float2 c = shared_c[k];
+                    alpha[u] = alpha_at(centre, a, b);
+                    red[u] = b.w;
+                    green[u] = c.x;
+                    blue[u] = c.y;
                 }
 #pragma unroll
                 for (int u = 0; u < ILP; ++u)
@@ -177,7 +188,7 @@ __global__ void __launch_bounds__(THREADS) blend_kernel(BlendArgs args) {
     if (!inside) return;
     if (!args.final) {
         args.state[pixel_index] = make_float4(pixel.colour.x, pixel.colour.y, pixel.colour.z,
-                                              pixel.done ? -pixel.transmittance : pixel.transmittance);
+                                              pixel.live ? pixel.transmittance : -pixel.transmittance);
         return;
     }
     // As reference.to_uint8: round half up, clamp to [0, 255].
