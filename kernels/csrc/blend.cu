@@ -32,42 +32,33 @@ __device__ inline float2 unpack_half2(float bits) {
     return __half22float2(*reinterpret_cast<const __half2*>(&bits));
 }
 
-// A staged splat, in the form that makes a pixel's opacity one exp2 of a quadratic in the pixel
-// centre (x, y) relative to the block's origin: alpha = min(ALPHA_MAX, exp2(e + log2(opacity)))
-// with e = A x^2 + B xy + C y^2 + D x + E y + F, the reference's power -q/2 in base 2 expanded
-// around the origin (five multiply-adds a pixel instead of eight operations on its offset from
-// the mean; the splats a block stages lie within a few of their own radii of it, so the
-// expansion loses no more than ~1e-5 of e).
+// A staged splat, in the form that makes a pixel's opacity one exp2 of a quadratic:
+// alpha = min(ALPHA_MAX, exp2(e + log2(opacity))) with e = qa dx^2 + qc dy^2 + qb dx dy the
+// reference's power -q/2 in base 2.
 struct Staged {
-    float4 a;  // A, B, C, D
-    float4 b;  // E, F, log2(opacity), red
-    float2 c;  // green, blue
+    float4 a;  // mean x, y; qa, qb
+    float4 b;  // qc, log2(opacity), red, green
+    float blue;
 };
 
-__device__ inline Staged stage(float4 a, float4 b, float origin_x, float origin_y) {
+__device__ inline Staged stage(float4 a, float4 b) {
     const float2 rg = unpack_half2(b.z), b0 = unpack_half2(b.w);
-    const float qa = -0.5f * LOG2_E * a.z, qb = -LOG2_E * a.w, qc = -0.5f * LOG2_E * b.x;
-    const float mx = a.x - origin_x, my = a.y - origin_y;
-    return {make_float4(qa, qb, qc, -2.0f * qa * mx - qb * my),
-            make_float4(-2.0f * qc * my - qb * mx, (qa * mx + qb * my) * mx + qc * my * my, log2f(b.y), rg.x),
-            make_float2(rg.y, b0.x)};
+    return {make_float4(a.x, a.y, -0.5f * LOG2_E * a.z, -LOG2_E * a.w),
+            make_float4(-0.5f * LOG2_E * b.x, log2f(b.y), rg.x, rg.y), b0.x};
 }
 
-// A pixel centre's terms of the expanded quadratic.
-struct Monomials {
-    float xx, xy, yy, x, y;
-};
-
-// Opacity of a staged splat at a pixel centre, or 0 where the reference skips it (power > 0,
-// or alpha under ALPHA_MIN). Independent of the pixel's state, so several are computed at once
-// while the state updates stay in depth order.
-__device__ inline float alpha_at(const Monomials& m, float4 a, float4 b) {
-    const float e = fmaf(a.x, m.xx, fmaf(a.y, m.xy, fmaf(a.z, m.yy, fmaf(a.w, m.x, fmaf(b.x, m.y, b.y)))));
-    const float alpha = fminf(ALPHA_MAX, exp2f(e + b.z));
+// Opacity of a staged splat at pixel centre (x, y), or 0 where the reference skips it (power
+// > 0, or alpha under ALPHA_MIN). Independent of the pixel's state, so several are computed at
+// once while the state updates stay in depth order.
+__device__ inline float alpha_at(float x, float y, float4 a, float4 b) {
+    const float dx = x - a.x, dy = y - a.y;
+    const float e = a.z * dx * dx + b.x * dy * dy + a.w * dx * dy;
+    const float alpha = fminf(ALPHA_MAX, exp2f(e + b.y));
     return e > 0.0f || alpha < ALPHA_MIN ? 0.0f : alpha;
 }
 
 struct Pixel {
+    float x, y;  // centre, pixels
     float3 colour;
     float transmittance;
     bool live;  // inside the image and not yet saturated
@@ -86,8 +77,7 @@ struct Pixel {
     }
 };
 
-// At least 12 blocks an SM leaves ptxas 80 registers: at its default 64 the hit loop spilled.
-__global__ void __launch_bounds__(THREADS, 12) blend_kernel(BlendArgs args) {
+__global__ void __launch_bounds__(THREADS) blend_kernel(BlendArgs args) {
     const int tiles_x = tiles_along(args.width), tiles_per_view = tiles_x * tiles_along(args.height);
     const uint32_t tile = args.tile_order ? args.tile_order[blockIdx.x / PARTS] : blockIdx.x / PARTS;
     const int part = blockIdx.x % PARTS;
@@ -100,9 +90,7 @@ __global__ void __launch_bounds__(THREADS, 12) blend_kernel(BlendArgs args) {
     const bool inside = x < args.width && y < args.height;
     const int64_t pixel_index = (static_cast<int64_t>(view) * args.height + y) * args.width + x;
 
-    const float local_x = x - origin_x + 0.5f, local_y = y - origin_y + 0.5f;
-    const Monomials centre{local_x * local_x, local_x * local_y, local_y * local_y, local_x, local_y};
-    Pixel pixel{make_float3(0.0f, 0.0f, 0.0f), 1.0f, inside};
+    Pixel pixel{x + 0.5f, y + 0.5f, make_float3(0.0f, 0.0f, 0.0f), 1.0f, inside};
     if (args.resume && inside) {
         const float4 s = args.state[pixel_index];
         pixel.colour = make_float3(s.x, s.y, s.z);
@@ -112,7 +100,7 @@ __global__ void __launch_bounds__(THREADS, 12) blend_kernel(BlendArgs args) {
 
     __shared__ float4 shared_a[THREADS];
     __shared__ float4 shared_b[THREADS];
-    __shared__ float2 shared_c[THREADS];
+    __shared__ float shared_blue[THREADS];
     __shared__ uint8_t shared_warps[THREADS];  // bit w: the splat meets warp w's rectangle
     __shared__ int shared_count[WARPS];        // splats staged by each warp this batch
 
@@ -148,10 +136,10 @@ __global__ void __launch_bounds__(THREADS, 12) blend_kernel(BlendArgs args) {
         const unsigned staged = __ballot_sync(FULL_MASK, next_warps != 0);
         if (next_warps != 0) {
             const int slot = 32 * warp + __popc(staged & ((1u << lane) - 1));
-            const Staged s = stage(next_a, next_b, origin_x, origin_y);
+            const Staged s = stage(next_a, next_b);
             shared_a[slot] = s.a;
             shared_b[slot] = s.b;
-            shared_c[slot] = s.c;
+            shared_blue[slot] = s.blue;
             shared_warps[slot] = static_cast<uint8_t>(next_warps);
         }
         if (lane == 0) shared_count[warp] = __popc(staged);
@@ -163,20 +151,22 @@ __global__ void __launch_bounds__(THREADS, 12) blend_kernel(BlendArgs args) {
             const int j = first + lane;
             const bool meets = lane < shared_count[first / 32] && (shared_warps[j] >> warp & 1u);
             // ILP hits at a time: their opacities together, then the state updates in order.
-            for (unsigned hits = __ballot_sync(FULL_MASK, meets); hits != 0;) {
+            // Bit-reversed, so that the next splat in list order is the leading one (one count
+            // of leading zeros a hit instead of a reversal and a search).
+            for (unsigned hits = __brev(__ballot_sync(FULL_MASK, meets)); hits != 0;) {
                 const int count = min(ILP, __popc(hits));
                 float alpha[ILP], red[ILP], green[ILP], blue[ILP];
 #pragma unroll
                 for (int u = 0; u < ILP; ++u) {
                     if (u >= count) break;
-                    const int k = first + __ffs(hits) - 1;
-                    hits &= hits - 1;
+                    const int lead = __clz(hits);
+                    const int k = first + lead;
+                    hits &= ~(0x80000000u >> lead);
                     const float4 a = shared_a[k], b = shared_b[k];
-                    const float2 c = shared_c[k];
-                    alpha[u] = alpha_at(centre, a, b);
-                    red[u] = b.w;
-                    green[u] = c.x;
-                    blue[u] = c.y;
+                    alpha[u] = alpha_at(pixel.x, pixel.y, a, b);
+                    red[u] = b.z;
+                    green[u] = b.w;
+                    blue[u] = shared_blue[k];
                 }
 #pragma unroll
                 for (int u = 0; u < ILP; ++u)
