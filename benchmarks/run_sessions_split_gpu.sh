@@ -1,31 +1,38 @@
 #!/usr/bin/env bash
-# The 32-session case with the server on 16 CPUs of its own and the viewers on the host's other
-# CPUs (a 16-core server measured with its clients on other machines), beside the same sessions
-# with server and viewers sharing those 16 CPUs (the layout of the 16-core H100/H200 hosts).
-# Needs a host with at least 32 CPUs:
+# Concurrent 720p60 sessions with the server on SERVER_CPUS CPUs of its own and the viewers on the
+# host's other CPUs (a server measured with its clients on other machines), beside the same
+# sessions with server and viewers sharing the server's CPUs (the layout of the usual sweep).
 #
-#   device run, kind nvidia-h200-x2, carry [".whl-stream"]:
+#   device run, carry [".whl-stream"]:
 #   SPLATCAST_COMMIT=<sha> bash benchmarks/run_sessions_split_gpu.sh
 #
-# The server's CPUs are whole cores (SMT siblings together), chosen by benchmarks/cpu_split.py.
+# SERVER_CPUS (default 16, which needs a host of 32 CPUs such as nvidia-h200-x2; 8 on a 16-CPU
+# host measures half the scale), WORKERS (default SERVER_CPUS / 2) and SESSIONS (default
+# "16 32"; each must be one of the sweep's counts). The server's CPUs are whole cores (SMT
+# siblings together), chosen by benchmarks/cpu_split.py.
 set -uo pipefail
 OUT=${OUT:-/tmp/splatcast-out}
+SERVER_CPUS=${SERVER_CPUS:-16}
+WORKERS=${WORKERS:-$((SERVER_CPUS / 2))}
+SESSIONS=${SESSIONS:-16 32}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl-stream/*.whl || exit 1
 for layer in engine kernels streaming export; do [ -e "splatcast/$layer" ] || ln -s "../$layer" "splatcast/$layer"; done
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16
 lscpu | grep -E "^(Model name|CPU\(s\)|Thread|Core|Socket|NUMA)" | tee "$OUT/run.log"
-read -r server_cpus viewer_cpus < <(python3 benchmarks/cpu_split.py 16)
-echo "server CPUs $server_cpus, viewer CPUs $viewer_cpus" | tee -a "$OUT/run.log"
+read -r server_cpus viewer_cpus < <(python3 benchmarks/cpu_split.py "$SERVER_CPUS") || exit 1
+echo "server CPUs $server_cpus, viewer CPUs $viewer_cpus, $WORKERS workers, sessions $SESSIONS" | tee -a "$OUT/run.log"
 timeout 300 python3 -c "from splatcast.kernels.cuda_rasterizer import _load_extension; _load_extension()" 2>&1 | tail -5 | tee -a "$OUT/run.log"
 device=$(python3 -c "import torch; print(torch.cuda.get_device_name().split()[1].lower())")
+selection=$(for n in $SESSIONS; do printf '%s' "${sep:-}$WORKERS-$n"; sep=" or "; done)
+largest=${SESSIONS##* }
 sweep() {  # name, viewer CPUs, pytest -k selection
-    SPLATCAST_SWEEP_WORKERS=8,16 SPLATCAST_SWEEP_VIEWER_CPUS=$2 timeout 400 taskset -c "$server_cpus" \
+    SPLATCAST_SWEEP_WORKERS=$WORKERS SPLATCAST_SWEEP_VIEWER_CPUS=$2 timeout 500 taskset -c "$server_cpus" \
         python3 -m pytest benchmarks/test_sessions_gpu.py -q -p no:cacheprovider -k "$3" \
         --benchmark-json="$OUT/sessions-$device-$1.json" 2>&1 | tail -4 | tee -a "$OUT/run.log"
 }
-sweep shared16 "$server_cpus" "8-32"
-sweep split "$viewer_cpus" "8-16 or 8-32 or 16-32"
+sweep "shared-$SERVER_CPUS-cpus" "$server_cpus" "$WORKERS-$largest"
+sweep "split-$SERVER_CPUS-cpus" "$viewer_cpus" "$selection"
 python3 - "$OUT" <<'PY'
 import json, sys, pathlib
 for path in sorted(pathlib.Path(sys.argv[1]).glob("sessions-*.json")):
