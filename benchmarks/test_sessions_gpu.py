@@ -79,11 +79,13 @@ def total(samples: dict[str, list], name: str) -> float:
     return sum(s.value for s in samples[name])
 
 
-def histogram_quantile(samples: dict[str, list], name: str, q: float) -> float | None:
-    """Upper edge (ms) of the bucket holding quantile ``q`` of a histogram, summed over workers."""
+def histogram_quantile(before: dict[str, list], after: dict[str, list], name: str, q: float) -> float | None:
+    """Upper edge (ms) of the bucket holding quantile ``q`` of what a histogram observed between
+    two scrapes (the measuring window, not the sessions' start), summed over workers."""
     counts = defaultdict(float)
-    for s in samples[f"{name}_bucket"]:
-        counts[float(s.labels["le"])] += s.value
+    for samples, sign in ((after, 1), (before, -1)):
+        for s in samples[f"{name}_bucket"]:
+            counts[float(s.labels["le"])] += sign * s.value
     edges = sorted(counts)
     for edge in edges:
         if counts[edges[-1]] and counts[edge] >= q * counts[edges[-1]]:
@@ -156,7 +158,9 @@ def test_concurrent_720p60_sessions(benchmark, workers, sessions):
                 "viewer_fps_min": min((r["fps"] for r in reports), default=0.0),
                 "viewer_fps_median": statistics.median([r["fps"] for r in reports] or [0.0]),
                 "viewer_latency_ms_p50_median": statistics.median([r["latency_ms_p50"] for r in reports if r["latency_ms_p50"] is not None] or [None]),
-                "server_pose_to_encoded_ms_p99_at_most": histogram_quantile(after, "splatcast_pose_to_encoded_seconds", 0.99),
+                "server_pose_to_encoded_ms_p50_at_most": histogram_quantile(before, after, "splatcast_pose_to_encoded_seconds", 0.5),
+                "server_pose_to_encoded_ms_p99_at_most": histogram_quantile(before, after, "splatcast_pose_to_encoded_seconds", 0.99),
+                "encode_ms_p99_at_most": histogram_quantile(before, after, "splatcast_encode_seconds", 0.99),
                 "render_ms_per_tick_mean": round(1e3 * render_s / renders, 3) if renders else None,
                 "ticks_per_s": round(renders / wall, 1),
                 "server_cpu_cores_busy": round(cpu_use, 2),
