@@ -7,7 +7,8 @@ encoder threads from ``SPLATCAST_SWEEP_ENCODER_THREADS``, default 0: the server'
 Python's switch interval from ``SPLATCAST_SWEEP_SWITCH_INTERVAL_MS``, default 0: Python's 5 ms; the viewers' CPUs from
 ``SPLATCAST_SWEEP_VIEWER_CPUS``, default: shared with the server): delivered fps per
 session (server side, min and median; and what each viewer decoded), viewers' pose -> decoded
-latency, the server's pose -> encoded p99 (upper edge of its histogram bucket), GPU time per
+latency, the server's pose -> encoded p50 and p99 and its encode p99 over the measuring window (upper edges of
+their histogram buckets), GPU time per
 render call, and the CPU use of the server processes and of the viewers (which share the host), all read from the server's ``/metrics``. Plot with
 ``python benchmarks/plot_sessions.py benchmarks/results/sessions-<device>.json``.
 
