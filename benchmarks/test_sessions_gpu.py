@@ -58,6 +58,14 @@ def cpu_list(text: str) -> set[int]:
     return cpus
 
 
+VIEWER_CPU_SET = cpu_list(VIEWER_CPUS)
+
+
+def pin_viewer() -> None:
+    """In a viewer process, before it starts: run on ``VIEWER_CPUS`` only."""
+    os.sched_setaffinity(0, VIEWER_CPU_SET)
+
+
 async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, list]:
     """The server's /metrics (a sharded front's covers every worker): sample name -> samples."""
     async with http.get(f"{url}/metrics") as response:
@@ -122,7 +130,7 @@ def test_concurrent_720p60_sessions(benchmark, workers, sessions):
                 await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "splatcast.streaming.viewer", url, "--seconds", str(VIEWER_SECONDS), "--width", "1280", "--height", "720",
                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-                    preexec_fn=(lambda: os.sched_setaffinity(0, cpu_list(VIEWER_CPUS))) if VIEWER_CPUS else None,
+                    preexec_fn=pin_viewer if VIEWER_CPUS else None,
                 )
                 for _ in range(sessions)
             ]

@@ -282,7 +282,7 @@ def test_default_encoder_threads_follow_the_cpus_this_process_may_use():
     """A server under ``taskset`` or a container's cpuset sizes its encoders from the CPUs it was
     given, not from every CPU of the host."""
     script = (
-        "import os; os.sched_setaffinity(0, {0});"
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
         "from splatcast.streaming.server import ServerConfig;"
         "print(ServerConfig(max_sessions=1).session_encoder_threads())"
     )
