@@ -4,6 +4,8 @@ run only with ``--run-slow``."""
 import pytest
 import torch
 
+import splatcast  # noqa: F401  (first: keeps the source tree behind site-packages; see its __init__)
+
 
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")

@@ -1,5 +1,6 @@
 """The layer folders install under ``splatcast.*`` only: no bare ``kernels`` or ``streaming``."""
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -45,3 +46,18 @@ def test_layers_import_under_one_name():
 
     for module in (splatcast.engine, splatcast.kernels, splatcast.streaming, splatcast.export):
         assert Path(module.__file__).parent.parent == ROOT
+
+
+
+def test_installed_namesakes_of_the_layer_folders_win_when_run_from_the_tree(tmp_path):
+    """``python -m`` in the checkout puts it first on sys.path: once splatcast is imported, bare
+    ``kernels`` (Hugging Face's, which transformers imports) and ``streaming`` must resolve to the
+    installed packages of those names (stand-ins here), not to the tree's folders."""
+    for name in ("kernels", "streaming"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("")
+    script = "import importlib.util, splatcast; print(*(importlib.util.find_spec(n).origin for n in ('kernels', 'streaming')))"
+    found = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert [Path(origin).parent.parent for origin in found] == [tmp_path, tmp_path], found
