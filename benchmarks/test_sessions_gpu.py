@@ -5,9 +5,10 @@ Per N and per server layout (one process, or sharded over worker processes; set
 ``SPLATCAST_SWEEP_WORKERS=1,8`` to choose, default 1 and min(cores / 2, 8); each session's
 encoder threads from ``SPLATCAST_SWEEP_ENCODER_THREADS``, default 0: the server's default, each session's share of the cores;
 Python's switch interval from ``SPLATCAST_SWEEP_SWITCH_INTERVAL_MS``, default 0: Python's 5 ms; the viewers' CPUs from
-``SPLATCAST_SWEEP_VIEWER_CPUS``, default: shared with the server): delivered fps per
-session (server side, min and median; and what each viewer decoded), viewers' pose -> decoded
-latency, the server's pose -> encoded p50 and p99 and its encode p99 over the measuring window (upper edges of
+``SPLATCAST_SWEEP_VIEWER_CPUS``, default: shared with the server; whether viewers decode from
+``SPLATCAST_SWEEP_DECODE``, default 0: they count frames as aiortc reassembles them, so that the
+host's cores go to the server): delivered fps per session (server side, min and median; and what
+each viewer received), viewers' pose -> received latency, the server's pose -> encoded p50 and p99 and its encode p99 over the measuring window (upper edges of
 their histogram buckets), GPU time per
 render call, and the CPU use of the server processes and of the viewers (which share the host), all read from the server's ``/metrics``. Plot with
 ``python benchmarks/plot_sessions.py benchmarks/results/sessions-<device>.json``.
@@ -59,6 +60,9 @@ def cpu_list(text: str) -> set[int]:
 
 
 VIEWER_CPU_SET = cpu_list(VIEWER_CPUS)
+VIEWERS_DECODE = os.environ.get("SPLATCAST_SWEEP_DECODE", "0") == "1"
+"""Viewers decode every frame (as a browser would) instead of skipping decoding: on one host their
+decoding competes with the server for cores (5.1 cores at 32 sessions in ``sessions-h200-bdfcf86.json``)."""
 
 
 def pin_viewer() -> None:
@@ -129,7 +133,7 @@ def test_concurrent_720p60_sessions(benchmark, workers, sessions):
             viewers = [
                 await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "splatcast.streaming.viewer", url, "--seconds", str(VIEWER_SECONDS), "--width", "1280", "--height", "720",
-                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+                    *([] if VIEWERS_DECODE else ["--no-decode"]), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
                     preexec_fn=pin_viewer if VIEWER_CPUS else None,
                 )
                 for _ in range(sessions)
@@ -177,6 +181,7 @@ def test_concurrent_720p60_sessions(benchmark, workers, sessions):
                 "cpu_cores": os.cpu_count(),
                 "server_cpus": usable_cpu_count(),
                 "viewer_cpus": VIEWER_CPUS or "shared with the server",
+                "viewers_decode": VIEWERS_DECODE,
             }
 
     report = benchmark.pedantic(lambda: asyncio.run(run()), rounds=1, iterations=1)

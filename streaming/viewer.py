@@ -13,8 +13,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import aiohttp
+import aiortc.rtcrtpreceiver
 import av
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc.codecs.base import Decoder
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.mediastreams import VIDEO_TIME_BASE
 
 from ..engine.cameras import intrinsics_from_fov, opencv_to_opengl, orbit_camera, projection_from_intrinsics
 
@@ -37,18 +41,38 @@ def pose_message(seq: int, azimuth_deg: float, width: int, height: int, radius: 
     return json.dumps({"v": 1, "type": "pose", "seq": seq, "t": time.monotonic() * 1e3, "width": width, "height": height, "views": payload})
 
 
+class ArrivalDecoder(Decoder):
+    """Stands in for aiortc's decoder in a viewer that generates load: each reassembled frame
+    comes out as a 2x2 placeholder with its RTP timestamp, so that frames are counted and paired
+    with their poses without the CPU that decoding them takes from the server's host."""
+
+    def decode(self, encoded_frame: JitterFrame) -> list[av.VideoFrame]:
+        frame = av.VideoFrame(2, 2, "yuv420p")
+        frame.pts, frame.time_base = encoded_frame.timestamp, VIDEO_TIME_BASE
+        return [frame]
+
+
+def skip_decoding() -> None:
+    """For the whole process: aiortc's receivers (which ask ``rtcrtpreceiver.get_decoder`` for each
+    codec they meet) get an ``ArrivalDecoder``; aiortc has no option of its own for this."""
+    aiortc.rtcrtpreceiver.get_decoder = lambda codec: ArrivalDecoder()
+
+
 MESSAGE_MEMORY = 1024
 """Frame messages kept for pairing: several seconds of video at 60 fps."""
 
 
 @dataclass
 class ViewerReport:
-    """What a viewer measured: decoded frames and pose-sent -> frame-decoded latency (ms)."""
+    """What a viewer measured: decoded frames and pose-sent -> frame-decoded latency (ms); under
+    ``skip_decoding``, frames and latency as they leave aiortc's receiver, undecoded."""
 
     seconds: float
     frames_decoded: int
     frames_matched: int
     latencies_ms: list[float] = field(default_factory=list, repr=False)
+    frame_size: tuple[int, int] | None = None
+    """The last frame's width and height: (2, 2) where ``skip_decoding`` is in force."""
 
     @property
     def fps(self) -> float:
@@ -61,7 +85,8 @@ class ViewerReport:
             return round(lat[min(len(lat) - 1, int(q * len(lat)))], 2) if lat else None
 
         return {"seconds": round(self.seconds, 2), "frames_decoded": self.frames_decoded, "fps": round(self.fps, 2),
-                "frames_matched": self.frames_matched, "latency_ms_p50": pct(0.5), "latency_ms_p95": pct(0.95), "latency_ms_p99": pct(0.99)}
+                "frames_matched": self.frames_matched, "latency_ms_p50": pct(0.5), "latency_ms_p95": pct(0.95), "latency_ms_p99": pct(0.99),
+                "frame_size": self.frame_size}
 
 
 class Viewer:
@@ -126,6 +151,7 @@ class Viewer:
         before this call (still queued in the receiver) count as decoded, not in the latencies."""
         latencies: list[float] = []
         decoded = matched = 0
+        size = None
         reported: set[int] = set()
         first_seq = self._seq + 1
 
@@ -149,6 +175,7 @@ class Viewer:
             while time.monotonic() - start < seconds:
                 frame = await asyncio.wait_for(self.track.recv(), 10.0)
                 decoded += 1
+                size = (frame.width, frame.height)
                 info = self.frame_messages.get(frame.pts)
                 if info is not None and info["seq"] >= first_seq:
                     matched += 1
@@ -157,7 +184,7 @@ class Viewer:
                         latencies.append(time.monotonic() * 1e3 - info["t"])
         finally:
             sender.cancel()
-        return ViewerReport(time.monotonic() - start, decoded, matched, latencies)
+        return ViewerReport(time.monotonic() - start, decoded, matched, latencies, size)
 
     async def close(self) -> None:
         await self.pc.close()
@@ -183,7 +210,10 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--stereo", action="store_true")
     parser.add_argument("--pose-hz", type=float, default=60.0)
+    parser.add_argument("--no-decode", action="store_true", help="count and pair frames as they are reassembled, without decoding them (a load generator)")
     args = parser.parse_args()
+    if args.no_decode:
+        skip_decoding()
     print(json.dumps(asyncio.run(_run(args))), flush=True)
 
 

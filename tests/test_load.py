@@ -1,11 +1,13 @@
 """Robustness under load on the CPU path: many sessions, a vanished client, a pose flood."""
 
 import asyncio
+import json
 import os
 import signal
 import sys
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestServer
 
 from splatcast.streaming.server import SERVER_KEY, ServerConfig, create_app
@@ -129,3 +131,22 @@ async def test_pose_flood_is_rate_limited_and_does_not_slow_other_sessions_or_gr
                 process.kill()
         await calm.close()
         await server.close()
+
+
+@pytest.mark.parametrize("decode", [True, False])
+async def test_the_viewer_process_pairs_frames_with_poses_with_or_without_decoding(decode):
+    """The load-generating viewer of the session sweep: ``--no-decode`` still counts every frame and
+    pairs it with its pose, but gets 2x2 placeholders instead of decoded pictures."""
+    server = await start_server()
+    url = str(server.make_url("")).rstrip("/")
+    try:
+        viewer = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "splatcast.streaming.viewer", url, "--seconds", "3", "--width", str(WIDTH), "--height", str(HEIGHT),
+            "--pose-hz", "10", *([] if decode else ["--no-decode"]), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )
+        report = json.loads((await asyncio.wait_for(viewer.communicate(), 60))[0].decode().splitlines()[-1])
+    finally:
+        await server.close()
+    assert report["frames_decoded"] >= 10 and report["frames_matched"] >= 5, report
+    assert report["latency_ms_p50"] is not None
+    assert report["frame_size"] == ([WIDTH, HEIGHT] if decode else [2, 2])

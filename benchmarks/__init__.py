@@ -1,0 +1,1 @@
+"""pytest-benchmark suites (CPU and GPU) and the scripts that run and summarise them on the device machine."""
