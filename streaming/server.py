@@ -11,15 +11,13 @@ many such servers in worker processes (``front.py``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 import tempfile
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from importlib import resources
-from pathlib import Path
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -35,7 +33,7 @@ from .avatar_store import AvatarStore
 from .feedback import forward_feedback
 from .http_errors import json_errors
 from .frames import FrameRenderer
-from .jobs import Reconstruct, ReconstructionQueue
+from .jobs import Reconstruct, ReconstructionQueue, reconstruct_uploaded_photo
 from .metrics import StreamMetrics
 from .openapi import openapi_spec
 from .protocol import SizeLimits
@@ -117,7 +115,7 @@ class Avatar:
         centre, radius = frame_bounds(*cloud.bounds(), DEFAULT_FOV_DEG)
         return cls(avatar_id, cloud, background, centre, radius)
 
-    @cached_property
+    @functools.cached_property
     def renderer(self) -> FrameRenderer:
         return FrameRenderer(self.cloud, self.background)
 
@@ -171,15 +169,9 @@ class StreamingServer:
         self.store = AvatarStore(config.store_dir or self._scratch.name, config.max_gaussians)
         self.authority = Authority(config.api_key)
         if reconstruct is None:
-
-            def reconstruct(photo: Path, report: Callable[[str], None]) -> GaussianCloud:
-                # Imported on first use: streaming needs none of the reconstruction's dependencies.
-                from ..engine.reconstruct import reconstruct_photo
-
-                return reconstruct_photo(
-                    photo, checkpoints=config.checkpoints, progress=report, engine=config.engine, engine_cache=config.engine_cache
-                )
-
+            reconstruct = functools.partial(
+                reconstruct_uploaded_photo, checkpoints=config.checkpoints, engine=config.engine, engine_cache=config.engine_cache
+            )
         self.jobs = ReconstructionQueue(self.store, reconstruct, self._add_avatar, config.max_pending_jobs)
         self.api = AvatarAPI(self.store, self.jobs, self.authority, config.max_image_pixels, self._add_avatar, self._forget_avatar)
         self._host_sessions()

@@ -1,0 +1,49 @@
+"""Reconstruction jobs run in a child process: one that dies fails its avatar, the server and its
+sessions go on, and so does the queue with the next photo."""
+
+import asyncio
+import os
+import signal
+
+import aiohttp
+from aiohttp.test_utils import TestServer
+
+from splatcast.streaming.server import SERVER_KEY, ServerConfig, create_app
+from splatcast.streaming.viewer import Viewer
+
+from .test_api import API_KEY, astronaut_png, upload, wait_for_status
+from .test_streaming import figure_cloud
+
+
+def die_once_then_reconstruct(photo, report):
+    """A reconstruction whose first run kills its process (as a segfault or the OOM killer would)."""
+    marker = photo.parent.parent / "died"
+    if not marker.exists():
+        marker.write_text("")
+        report("dying")
+        os.kill(os.getpid(), signal.SIGKILL)
+    report("building")
+    return figure_cloud(300)
+
+
+async def test_a_dead_reconstruction_process_fails_its_avatar_and_the_next_job_runs(tmp_path):
+    config = ServerConfig(fps=15, width=96, height=64, store_dir=str(tmp_path / "store"), api_key=API_KEY)
+    server = TestServer(create_app({"sample": figure_cloud(300)}, config, reconstruct=die_once_then_reconstruct), host="127.0.0.1")
+    await server.start_server()
+    viewer = Viewer()
+    try:
+        token, _ = server.app[SERVER_KEY].authority.mint("sample")
+        await viewer.connect(str(server.make_url("")).rstrip("/"), avatar="sample", token=token)
+        async with aiohttp.ClientSession() as http:
+            _, first = await upload(http, server, astronaut_png())
+            failed = await wait_for_status(http, server, first["id"], {"ready", "failed"})
+            assert failed["status"] == "failed" and "process died" in failed["reason"], failed
+            # The server, and the session it was streaming, lived through it.
+            assert len(server.app[SERVER_KEY].sessions) == 1
+            assert (await asyncio.wait_for(viewer.track.recv(), 10)).width == 96
+            _, second = await upload(http, server, astronaut_png())
+            ready = await wait_for_status(http, server, second["id"], {"ready", "failed"})
+            assert ready["status"] == "ready", ready
+    finally:
+        await viewer.close()
+        await server.close()
