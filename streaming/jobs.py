@@ -113,24 +113,18 @@ class ReconstructionQueue:
                 else:
                     raise RuntimeError(value)
         finally:
-            receiving.close()
             if child.is_alive():  # cancelled mid-job
                 child.kill()
             await asyncio.to_thread(child.join)
+            receiving.close()
             self._child = None
 
 
 async def _receive(receiving: Connection, child: multiprocessing.process.BaseProcess) -> tuple[str, object]:
-    """The child's next message, waited for on the event loop."""
-    loop = asyncio.get_running_loop()
-    readable = loop.create_future()
-    loop.add_reader(receiving.fileno(), lambda: readable.done() or readable.set_result(None))
+    """The child's next message, read on a thread: the wait is the job's length, and an avatar's
+    arrays are megabytes, too long a read for the event loop."""
     try:
-        await readable
-    finally:
-        loop.remove_reader(receiving.fileno())
-    try:
-        return receiving.recv()
+        return await asyncio.to_thread(receiving.recv)
     except EOFError:
         await asyncio.to_thread(child.join)
         raise ReconstructionProcessDied(f"the reconstruction process died (exit code {child.exitcode})") from None
@@ -141,7 +135,7 @@ def _child_main(reconstruct: Reconstruct, photo: Path, sending: Connection) -> N
     those with constructor arguments of their own would not unpickle; tensors as arrays."""
     try:
         cloud = reconstruct(photo, lambda stage: sending.send(("stage", stage))).to("cpu")
-        sending.send(("done", [tensor.numpy() for tensor in (cloud.means, cloud.quats, cloud.scales, cloud.opacities, cloud.sh)]))
+        sending.send(("done", [tensor.detach().numpy() for tensor in (cloud.means, cloud.quats, cloud.scales, cloud.opacities, cloud.sh)]))
     except ValueError as error:
         sending.send(("bad photo", str(error)))
     except Exception as error:
