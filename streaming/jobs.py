@@ -35,8 +35,9 @@ class QueueFull(RuntimeError):
     """More reconstructions are waiting than the server accepts."""
 
 
-class ReconstructionProcessDied(RuntimeError):
-    """The child ended without an answer: killed, out of memory, or a crash in native code."""
+class ReconstructionFailed(RuntimeError):
+    """The child ended without an avatar: an error in it (named by its type), or its death (killed,
+    out of memory, a crash in native code)."""
 
 
 def reconstruct_uploaded_photo(photo: Path, report: Callable[[str], None], **options) -> GaussianCloud:
@@ -86,9 +87,12 @@ class ReconstructionQueue:
                 await asyncio.to_thread(self.store.finish, record, cloud)
             except ValueError as error:  # the photo's fault: no person, unreadable, too small ...
                 self.store.fail(record, str(error))
-            except Exception as error:  # our fault; the avatar says so rather than hang in "running"
+            except ReconstructionFailed as error:  # our fault; the avatar says so rather than hang in "running"
                 logger.error("reconstruction of %s failed: %s", record.id, error)
                 self.store.fail(record, f"internal error: {error}")
+            except Exception as error:  # ours too, in this process (storing the avatar)
+                logger.exception("reconstruction of %s failed", record.id)
+                self.store.fail(record, f"internal error: {type(error).__name__}")
             else:
                 self.on_ready(record.id, cloud)
 
@@ -111,7 +115,7 @@ class ReconstructionQueue:
                 elif kind == "bad photo":
                     raise ValueError(value)
                 else:
-                    raise RuntimeError(value)
+                    raise ReconstructionFailed(value)
         finally:
             if child.is_alive():  # cancelled mid-job
                 child.kill()
@@ -127,7 +131,7 @@ async def _receive(receiving: Connection, child: multiprocessing.process.BasePro
         return await asyncio.to_thread(receiving.recv)
     except EOFError:
         await asyncio.to_thread(child.join)
-        raise ReconstructionProcessDied(f"the reconstruction process died (exit code {child.exitcode})") from None
+        raise ReconstructionFailed(f"the reconstruction process died (exit code {child.exitcode})") from None
 
 
 def _child_main(reconstruct: Reconstruct, photo: Path, sending: Connection) -> None:

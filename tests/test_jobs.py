@@ -47,3 +47,20 @@ async def test_a_dead_reconstruction_process_fails_its_avatar_and_the_next_job_r
     finally:
         await viewer.close()
         await server.close()
+
+
+def fail_with_a_bug(photo, report):
+    raise KeyError("not the photo's fault")
+
+
+async def test_an_error_in_the_reconstruction_fails_its_avatar_naming_the_error(tmp_path):
+    config = ServerConfig(width=96, height=64, store_dir=str(tmp_path / "store"), api_key=API_KEY)
+    server = TestServer(create_app({"sample": figure_cloud(300)}, config, reconstruct=fail_with_a_bug), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            _, record = await upload(http, server, astronaut_png())
+            failed = await wait_for_status(http, server, record["id"], {"ready", "failed"})
+    finally:
+        await server.close()
+    assert failed["status"] == "failed" and failed["reason"] == "internal error: KeyError", failed
