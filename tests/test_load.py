@@ -90,14 +90,14 @@ async def test_pose_flood_is_rate_limited_and_does_not_slow_other_sessions_or_gr
     neighbours: list[asyncio.subprocess.Process] = []
 
     async def neighbour(pose_hz: int, seconds: float) -> asyncio.subprocess.Process:
-        """A viewer in its own process at a lower CPU priority (nice 10: it yields to the server
+        """A viewer in its own process at a lower CPU priority (nice 5: it yields to the server
         when both want a core, yet is not starved), so that the server's cost of its poses is
         measured rather than the CPU the load generator itself takes on a 2-core machine."""
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "splatcast.streaming.viewer", url, "--seconds", str(seconds), "--width", str(WIDTH), "--height", str(HEIGHT),
             "--pose-hz", str(pose_hz), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )
-        os.setpriority(os.PRIO_PROCESS, process.pid, 10)
+        os.setpriority(os.PRIO_PROCESS, process.pid, 5)
         neighbours.append(process)
         assert await wait_for(lambda: len(srv.sessions) == 2, 60.0), "the second viewer never connected"
         return process
@@ -111,7 +111,7 @@ async def test_pose_flood_is_rate_limited_and_does_not_slow_other_sessions_or_gr
         memory_before = resident_mb()
         await neighbour(2000, 10.0)
         flooded = next(s for s in srv.sessions.sessions.values() if s.id != calm.session_id)
-        assert await wait_for(lambda: flooded.flooded_poses > 100, 10.0)
+        assert await wait_for(lambda: flooded.flooded_poses > 100, 30.0), "the flood never began"
         await calm.orbit(scene, 1.0, WIDTH, HEIGHT, pose_hz=fps)  # drains frames received while idle
         under_flood = (await calm.orbit(scene, 4.0, WIDTH, HEIGHT, pose_hz=fps)).summary()
         growth = resident_mb() - memory_before
