@@ -24,9 +24,9 @@ def asset_bytes(tmp_path, suffix=".ply", n=800) -> bytes:
     return path.read_bytes()
 
 
-async def start(tmp_path, **overrides) -> TestServer:
+async def start(tmp_path, reconstruct=None, **overrides) -> TestServer:
     config = ServerConfig(**{"fps": 15, "width": 96, "height": 64, "store_dir": str(tmp_path / "store"), "api_key": API_KEY} | overrides)
-    server = TestServer(create_app({"sample": figure_cloud(500)}, config), host="127.0.0.1")
+    server = TestServer(create_app({"sample": figure_cloud(500)}, config, reconstruct=reconstruct), host="127.0.0.1")
     await server.start_server()
     return server
 

@@ -6,12 +6,11 @@ import os
 import signal
 
 import aiohttp
-from aiohttp.test_utils import TestServer
 
-from splatcast.streaming.server import SERVER_KEY, ServerConfig, create_app
+from splatcast.streaming.server import SERVER_KEY
 from splatcast.streaming.viewer import Viewer
 
-from .test_api import API_KEY, astronaut_png, upload, wait_for_status
+from .test_api import astronaut_png, start, upload, wait_for_status
 from .test_streaming import figure_cloud
 
 
@@ -27,9 +26,7 @@ def die_once_then_reconstruct(photo, report):
 
 
 async def test_a_dead_reconstruction_process_fails_its_avatar_and_the_next_job_runs(tmp_path):
-    config = ServerConfig(fps=15, width=96, height=64, store_dir=str(tmp_path / "store"), api_key=API_KEY)
-    server = TestServer(create_app({"sample": figure_cloud(300)}, config, reconstruct=die_once_then_reconstruct), host="127.0.0.1")
-    await server.start_server()
+    server = await start(tmp_path, reconstruct=die_once_then_reconstruct)
     viewer = Viewer()
     try:
         token, _ = server.app[SERVER_KEY].authority.mint("sample")
@@ -54,9 +51,7 @@ def fail_with_a_bug(photo, report):
 
 
 async def test_an_error_in_the_reconstruction_fails_its_avatar_naming_the_error(tmp_path):
-    config = ServerConfig(width=96, height=64, store_dir=str(tmp_path / "store"), api_key=API_KEY)
-    server = TestServer(create_app({"sample": figure_cloud(300)}, config, reconstruct=fail_with_a_bug), host="127.0.0.1")
-    await server.start_server()
+    server = await start(tmp_path, reconstruct=fail_with_a_bug)
     try:
         async with aiohttp.ClientSession() as http:
             _, record = await upload(http, server, astronaut_png())

@@ -30,16 +30,22 @@ async def start_server(**overrides) -> TestServer:
     return server
 
 
+async def viewer_process(url: str, seconds: float, pose_hz: int, *options: str, report: bool = False) -> asyncio.subprocess.Process:
+    """``splatcast.streaming.viewer`` in its own process; its JSON report on stdout if ``report``."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "splatcast.streaming.viewer", url, "--seconds", str(seconds), "--width", str(WIDTH), "--height", str(HEIGHT),
+        "--pose-hz", str(pose_hz), *options, stdout=asyncio.subprocess.PIPE if report else asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
 async def test_eight_sessions_stream_and_a_killed_client_is_freed_while_the_others_go_on():
     server = await start_server()
     url = str(server.make_url("")).rstrip("/")
     srv = server.app[SERVER_KEY]
     viewers = [Viewer() for _ in range(7)]
     # The eighth viewer lives in its own process, so that it can die without saying goodbye.
-    killed = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "splatcast.streaming.viewer", url, "--seconds", "60", "--width", str(WIDTH), "--height", str(HEIGHT),
-        "--pose-hz", "10", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )
+    killed = await viewer_process(url, 60, 10)
     try:
         await asyncio.gather(*(v.connect(url) for v in viewers))
 
@@ -93,10 +99,7 @@ async def test_pose_flood_is_rate_limited_and_does_not_slow_other_sessions_or_gr
         """A viewer in its own process at a lower CPU priority (nice 5: it yields to the server
         when both want a core, yet is not starved), so that the server's cost of its poses is
         measured rather than the CPU the load generator itself takes on a 2-core machine."""
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "splatcast.streaming.viewer", url, "--seconds", str(seconds), "--width", str(WIDTH), "--height", str(HEIGHT),
-            "--pose-hz", str(pose_hz), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )
+        process = await viewer_process(url, seconds, pose_hz)
         os.setpriority(os.PRIO_PROCESS, process.pid, 5)
         neighbours.append(process)
         assert await wait_for(lambda: len(srv.sessions) == 2, 60.0), "the second viewer never connected"
@@ -139,10 +142,7 @@ async def test_the_viewer_process_pairs_frames_with_poses_with_or_without_decodi
     server = await start_server()
     url = str(server.make_url("")).rstrip("/")
     try:
-        viewer = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "splatcast.streaming.viewer", url, "--seconds", "3", "--width", str(WIDTH), "--height", str(HEIGHT),
-            "--pose-hz", "10", *([] if decode else ["--no-decode"]), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-        )
+        viewer = await viewer_process(url, 3, 10, *([] if decode else ["--no-decode"]), report=True)
         report = json.loads((await asyncio.wait_for(viewer.communicate(), 60))[0].decode().splitlines()[-1])
     finally:
         await server.close()

@@ -48,7 +48,6 @@ def test_layers_import_under_one_name():
         assert Path(module.__file__).parent.parent == ROOT
 
 
-
 def test_installed_namesakes_of_the_layer_folders_win_when_run_from_the_tree(tmp_path):
     """``python -m`` in the checkout puts it first on sys.path: once splatcast is imported, bare
     ``kernels`` (Hugging Face's, which transformers imports) and ``streaming`` must resolve to the
