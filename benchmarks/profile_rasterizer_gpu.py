@@ -6,11 +6,14 @@ For each benchmark case: the median of a whole ``render_i420`` and ``render`` ca
 as the benchmark), of their graph replays alone (the GPU's share, with the launch), the host's
 time in a ``render_i420`` call split into Python, graph launch and the wait for the frame, and of each stage's launch when run eagerly between CUDA events (the graph runs the
 same launches without the gaps; eager times of small launches are mostly launch latency); the
-blending of the heaviest tile alone (the floor of the blending launch); and the work: entries,
+blending of the heaviest tile alone (the floor of the blending launch); the replay with 31-bit
+depth keys, against the plan's own (24-bit where the views' depths fit); and the work: entries,
 entries with pairs, pairs, and tile list lengths.
 """
 
+import dataclasses
 import json
+import math
 import statistics
 import sys
 import time
@@ -99,12 +102,21 @@ def profile(case: str, storage: torch.dtype) -> dict:
 
     host = host_split(rasterizer, lambda: rasterizer.render_i420(cloud, views, BACKGROUND, per_frame))
 
+    # A/B in the same process: the frame with 31-bit depth keys (a cloud with no bounds), against
+    # the plan's own keys (24 bits where its views' depths fit them).
+    unbounded = dataclasses.replace(rasterizer._pack(cloud), half_size=(math.inf,) * 3)
+    for _ in range(2):  # the second call captures the graph with the fitted pair slots
+        rasterizer.render_i420(unbounded, views, BACKGROUND, per_frame)
+    full_keys_plan = next(reversed(rasterizer._plans.values()))
+    full_keys_replay_ms = median_ms(lambda: rasterizer._replay(full_keys_plan))
+
     entries = len(views) * n
     lengths = (plan.ranges[:, 1] - plan.ranges[:, 0]).float()
     busy = lengths[lengths > 0]
     result = {
         "case": case, "storage": str(storage), "call_ms": call_ms, "replay_ms": replay_ms,
         "rgb_call_ms": rgb_call_ms, "rgb_replay_ms": rgb_replay_ms, "host_ms": host,
+        "depth_key_bits": plan.depth_key_bits, "replay_31_bit_depth_keys_ms": full_keys_replay_ms,
         "entries": entries, "entries_with_pairs": int((rasterizer._tile_counts[:entries] > 0).sum()),
         "pairs": int(rasterizer._ends[entries - 1]), "pair_slots": plan.pair_slots,
         "busy_tiles": int(busy.numel()), "mean_list": round(float(busy.mean()), 1), "max_list": int(busy.max()),
@@ -143,6 +155,7 @@ def main(path: str) -> None:
     for r in results:
         stages = " ".join(f"{k}={v:.3f}" for k, v in r["stages_ms"].items())
         print(f"{r['case']:20} {r['storage'][6:]:8} call={r['call_ms']:.3f} replay={r['replay_ms']:.3f} "
+              f"({r['depth_key_bits']}-bit depth keys; 31-bit: {r['replay_31_bit_depth_keys_ms']:.3f}) "
               f"rgb call={r['rgb_call_ms']:.3f} replay={r['rgb_replay_ms']:.3f} "
               f"pairs={r['pairs']} vis={r['entries_with_pairs']}/{r['entries']} list={r['mean_list']}/{r['max_list']} "
               f"heaviest={r['heaviest_tile_blend_ms']:.3f} host={r['host_ms']} | {stages}")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -55,6 +56,11 @@ _PAIR_HEADROOM = 1.25
 each frame whether a pair lands in it or not, and a frame past its slots is rendered again."""
 _SHRINK_AFTER = 64
 """Frames in a row using under half of a plan's pair slots before the slots shrink."""
+_SHORT_DEPTH_KEY_BITS = 24
+"""Depth-key bits where every view's span of depths fits them: a radix pass fewer than 31."""
+_NEAR_PLANE = 0.01
+"""Metres, as the kernels cull (``NEAR_PLANE`` in ``csrc/common.h``)."""
+_FLOAT32, _UINT32 = struct.Struct("<f"), struct.Struct("<I")
 _POLL_US = 20.0
 """Sleep between polls of a frame running past its expected end (Linux adds its timer slack,
 50 us by default, to each sleep)."""
@@ -106,12 +112,15 @@ def is_available() -> bool:
 class PackedCloud:
     """A cloud in the kernels' layout, on the device: (N, 4) float32 means and opacity; (N, 8)
     quaternion wxyz, scale xyz and a pad; (N, stride) SH coefficients (K, 3) row-major, the
-    stride padded to 8 values so that rows stay 16-byte aligned."""
+    stride padded to 8 values so that rows stay 16-byte aligned. ``centre`` and ``half_size``: the
+    axis-aligned box around every mean, which bounds each view's depths (``depth_key_floors``)."""
 
     means_opacity: torch.Tensor
     shape: torch.Tensor
     sh: torch.Tensor
     sh_degree: int
+    centre: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    half_size: tuple[float, float, float] = (math.inf, math.inf, math.inf)
 
     def __len__(self) -> int:
         return self.means_opacity.shape[0]
@@ -126,16 +135,52 @@ class PackedCloud:
         stride = -(-3 * k // 8) * 8
         sh = torch.zeros(n, stride, dtype=storage, device=device)
         sh[:, : 3 * k] = cloud.sh.reshape(n, 3 * k).to(device, storage)
-        return cls(means_opacity.contiguous(), shape.contiguous(), sh, cloud.sh_degree)
+        centre, half_size = (0.0, 0.0, 0.0), (0.0, 0.0, 0.0)
+        if n > 0:
+            lowest, highest = cloud.means.detach().double().aminmax(dim=0)
+            centre, half_size = tuple(((lowest + highest) / 2).tolist()), tuple(((highest - lowest) / 2).tolist())
+        return cls(means_opacity.contiguous(), shape.contiguous(), sh, cloud.sh_degree, centre, half_size)
 
 
-def view_parameters(views: Views, out: np.ndarray) -> None:
-    """Write the kernels' ``ViewParams`` rows into ``out`` ((V, >= 21) float32): the top three
-    rows of each world-to-camera matrix, then the intrinsics, row-major, copied as they are: this
-    runs on the host before every frame, so the kernel derives the rest."""
-    world_to_camera = views.world_to_camera.detach().cpu().numpy()
+def depth_key_floors(
+    world_to_camera: np.ndarray, centre: tuple[float, float, float], half_size: tuple[float, float, float]
+) -> tuple[list[int], int]:
+    """Per view, the float bits of a depth under every depth its Gaussians can have (from the
+    box around their means, less a margin for the kernel's float32 rounding), and the depth
+    keys' bits: the kernel keys each depth by its bits less its view's floor, exact since
+    positive floats order as their bits, and in 24 bits where every view's span of bits fits
+    them (an avatar 2-3 m away spans under 13M floats), else in 31 with floors of 0. Plain
+    Python: it runs before every frame, and NumPy's per-call overhead is larger for a few views."""
+    cx, cy, cz = centre
+    hx, hy, hz = half_size
+    floors = []
+    for rx, ry, rz, t in world_to_camera[:, 2].tolist():
+        depth = rx * cx + ry * cy + rz * cz + t
+        reach = abs(rx) * hx + abs(ry) * hy + abs(rz) * hz  # the box's farthest corner along the view axis
+        pad = reach + 1e-3 * (abs(depth) + reach) + 1e-4
+        if not abs(depth) + pad < 1e30:  # unbounded, or past float32
+            return [0] * len(world_to_camera), 31
+        nearest, farthest = _float_bits(max(depth - pad, _NEAR_PLANE)), _float_bits(max(depth + pad, _NEAR_PLANE))
+        if farthest - nearest >= 2**_SHORT_DEPTH_KEY_BITS - 1:
+            return [0] * len(world_to_camera), 31
+        floors.append(nearest)
+    return floors, _SHORT_DEPTH_KEY_BITS
+
+
+def _float_bits(value: float) -> int:
+    return _UINT32.unpack(_FLOAT32.pack(value))[0]
+
+
+def view_parameters(world_to_camera: np.ndarray, intrinsics: np.ndarray, depth_floors: list[int], depth_key_bits: int, out: np.ndarray) -> None:
+    """Write the kernels' ``ViewParams`` rows into ``out`` ((V, 24) float32): the top three rows
+    of each world-to-camera matrix and the intrinsics, row-major, copied as they are (this runs
+    on the host before every frame, so the kernel derives the rest), then the depth keys' floor
+    and largest value (under an all-ones key: culled entries sort last)."""
     out[:, :12] = world_to_camera[:, :3].reshape(-1, 12)
-    out[:, 12:21] = views.intrinsics.detach().cpu().numpy().reshape(-1, 9)
+    out[:, 12:21] = intrinsics.reshape(-1, 9)
+    words = out.view(np.uint32)
+    words[:, 21] = depth_floors
+    words[:, 22] = 2**depth_key_bits - 2
 
 
 def frame_layout(width: int, height: int, views_per_frame: list[int]) -> tuple[torch.Tensor, list[tuple[int, int]], int]:
@@ -159,6 +204,7 @@ class _Plan:
     num_gaussians: int
     num_views: int
     view_floats: int  # per view in inputs: the kernels' ViewParams
+    depth_key_bits: int  # 24 or 31, see depth_key_floors
     width: int
     height: int
     inputs_host: torch.Tensor  # pinned: view parameters then background
@@ -307,11 +353,11 @@ class CudaRasterizer:
         self._packed = (cloud, versions, packed)
         return packed
 
-    def _plan(self, packed: PackedCloud, views: Views, views_per_frame: list[int] | None) -> _Plan:
+    def _plan(self, packed: PackedCloud, views: Views, views_per_frame: list[int] | None, depth_key_bits: int) -> _Plan:
         v, n = len(views), len(packed)
         if v * n > _MAX_ENTRIES:
             raise ValueError(f"{v} views x {n} Gaussians exceed {_MAX_ENTRIES} entries per call; split the batch")
-        key = (id(packed), n, v, views.width, views.height, tuple(views_per_frame) if views_per_frame else None)
+        key = (id(packed), n, v, views.width, views.height, tuple(views_per_frame) if views_per_frame else None, depth_key_bits)
         plan = self._plans.get(key)
         if plan is not None:
             self._plans.move_to_end(key)
@@ -324,6 +370,7 @@ class CudaRasterizer:
             num_gaussians=n,
             num_views=v,
             view_floats=view_floats,
+            depth_key_bits=depth_key_bits,
             width=views.width,
             height=views.height,
             inputs_host=inputs_host,
@@ -353,7 +400,10 @@ class CudaRasterizer:
             packed.means_opacity, packed.shape, packed.sh, packed.sh_degree, plan.views, plan.width, plan.height,
             self._splats, self._depth_keys, self._entry_ids, self._tile_counts,
         )
-        ext.sort_depths(self._temp, self._depth_keys, self._entry_ids, self._depth_keys_sorted, self._entries_sorted, entries)
+        ext.sort_depths(
+            self._temp, self._depth_keys, self._entry_ids, self._depth_keys_sorted, self._entries_sorted, entries,
+            plan.depth_key_bits,
+        )
         ext.scan_tile_counts(self._temp, self._entries_sorted, self._tile_counts, self._ends, entries)
 
     def _bin_and_blend(self, plan: _Plan, base: int, slots: int, state: torch.Tensor | None, resume: bool, final: bool) -> None:
@@ -422,9 +472,14 @@ class CudaRasterizer:
         if not isinstance(views, Views):
             raise TypeError(f"views must be a Views batch, got {type(views).__name__}")
         packed = self._pack(cloud)
-        plan = self._plan(packed, views, views_per_frame)
+        world_to_camera = views.world_to_camera.detach().cpu().numpy()
+        depth_floors, depth_key_bits = depth_key_floors(world_to_camera, packed.centre, packed.half_size)
+        plan = self._plan(packed, views, views_per_frame, depth_key_bits)
         views_end = plan.view_floats * plan.num_views
-        view_parameters(views, plan.inputs_np[:views_end].reshape(plan.num_views, plan.view_floats))
+        view_parameters(
+            world_to_camera, views.intrinsics.detach().cpu().numpy(), depth_floors, depth_key_bits,
+            plan.inputs_np[:views_end].reshape(plan.num_views, plan.view_floats),
+        )
         if isinstance(background, torch.Tensor):
             background = background.detach().cpu().numpy()
         plan.inputs_np[views_end : views_end + 3] = background

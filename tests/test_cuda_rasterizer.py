@@ -5,6 +5,7 @@ PSNR is taken between the kernels' 8-bit output and the float reference clamped 
 failure can be replayed.
 """
 
+import dataclasses
 import math
 import os
 
@@ -188,6 +189,20 @@ def test_batches_past_2_24_entries_blend_without_carried_masks(generator):
     for part in (slice(0, count // 2 + 1), slice(count // 2 + 1, count)):
         half = Views(views.world_to_camera[part], views.intrinsics[part], views.width, views.height)
         assert torch.equal(rasterizer.render(cloud, half), whole[part])
+
+
+def test_24_bit_depth_keys_sort_as_the_depths_themselves(generator):
+    """Where every view's depths fit 24 bits of keys (the box around the cloud's means says so), the
+    image is the one 31-bit keys (the float bits of the depths) give, byte for byte."""
+    cloud = cloud_for(generator, 50_000)
+    views = random_views(generator, 3, 256, 192)
+    background = background_for(generator)
+    rasterizer = cuda_rasterizer.CudaRasterizer(1 << 16, storage=torch.float32)
+    packed = cuda_rasterizer.PackedCloud.from_cloud(cloud, torch.float32, rasterizer.device)
+    short = rasterizer.render(packed, views, background)
+    full = rasterizer.render(dataclasses.replace(packed, half_size=(math.inf,) * 3), views, background)
+    assert sorted(plan.depth_key_bits for plan in rasterizer._plans.values()) == [24, 31]
+    assert torch.equal(short, full)
 
 
 def test_buffers_grow_from_a_tiny_capacity(generator):

@@ -86,7 +86,8 @@ int64_t sort_temp_bytes(int64_t num_entries_, int64_t num_pairs_, int64_t pair_b
     const int num_tiles = checked_count(num_tiles_, "tile");
     size_t depth = 0, scan = 0, pairs = 0, tiles = 0;
     const int bits = static_cast<int>(pair_bits);
-    check_cuda(depth_sort(nullptr, &depth, nullptr, nullptr, nullptr, nullptr, num_entries, 0), "depth sort size");
+    // The most depth-key bits: the size that fits every pass count.
+    check_cuda(depth_sort(nullptr, &depth, nullptr, nullptr, nullptr, nullptr, num_entries, 31, 0), "depth sort size");
     check_cuda(tile_count_ends(nullptr, &scan, nullptr, nullptr, nullptr, num_entries, 0), "scan size");
     check_cuda(short_pair_keys ? pair_sort<uint16_t>(nullptr, &pairs, nullptr, nullptr, nullptr, nullptr, num_pairs, bits, 0)
                                : pair_sort<uint32_t>(nullptr, &pairs, nullptr, nullptr, nullptr, nullptr, num_pairs, bits, 0),
@@ -96,14 +97,16 @@ int64_t sort_temp_bytes(int64_t num_entries_, int64_t num_pairs_, int64_t pair_b
 }
 
 void sort_depths(const torch::Tensor& temp, const torch::Tensor& keys_in, const torch::Tensor& entries_in,
-                 const torch::Tensor& keys_out, const torch::Tensor& entries_out, int64_t n) {
+                 const torch::Tensor& keys_out, const torch::Tensor& entries_out, int64_t n, int64_t key_bits) {
+    TORCH_CHECK(key_bits > 0 && key_bits <= 31, "depth keys hold 1 to 31 bits, got ", key_bits);
     const c10::cuda::CUDAGuard guard(temp.device());
     for (const auto* t : {&keys_in, &entries_in, &keys_out, &entries_out}) check_buffer(*t, torch::kInt32, n, "depth sort buffer");
     check_buffer(temp, torch::kUInt8, 0, "temp");
     if (n == 0) return;
     size_t bytes = temp.numel();
     check_cuda(depth_sort(temp.data_ptr(), &bytes, ptr<const uint32_t>(keys_in), ptr<uint32_t>(keys_out),
-                          ptr<const uint32_t>(entries_in), ptr<uint32_t>(entries_out), checked_count(n, "entry"), stream()),
+                          ptr<const uint32_t>(entries_in), ptr<uint32_t>(entries_out), checked_count(n, "entry"),
+                          static_cast<int>(key_bits), stream()),
                "depth sort");
 }
 

@@ -33,11 +33,15 @@ __host__ __device__ inline bool values_carry_masks(int64_t num_entries) { return
 
 // One view (OpenCV conventions) as the host has it, copied without rearranging (the host writes
 // it before every frame): the top three rows of the 4x4 world-to-camera matrix [R | t] and the
-// 3x3 intrinsics, row-major.
+// 3x3 intrinsics, row-major; then the view's depth keys: a depth's float bits (positive floats
+// order as their bits) less depth_floor, the bits of a bound under every depth of the view's
+// Gaussians, clamped to depth_key_max. Where the host's bounds put every view's span under 2^24,
+// the keys are exact in 24 bits and the depth sort takes three radix passes instead of four.
 struct ViewParams {
     float world_to_camera[12];
     float intrinsics[9];
-    float pad[3];
+    uint32_t depth_floor, depth_key_max;
+    float pad;
 };
 
 // Per (view, Gaussian) entry, written by preprocess, read by emission and blending: one 32-byte

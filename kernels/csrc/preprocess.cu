@@ -18,6 +18,12 @@ constexpr float SH_C3_0 = -0.5900435899266435f, SH_C3_1 = 2.890611442640554f, SH
                 SH_C3_3 = 0.3731763325901154f, SH_C3_4 = -0.4570457994644658f, SH_C3_5 = 1.445305721320277f,
                 SH_C3_6 = -0.5900435899266435f;
 
+// The entry's depth-sort key (see ViewParams): exact, since positive floats order as their bits.
+__device__ inline uint32_t depth_key(float depth, const ViewParams& view) {
+    const uint32_t bits = __float_as_uint(depth);
+    return bits < view.depth_floor ? 0u : min(bits - view.depth_floor, view.depth_key_max);
+}
+
 __device__ inline float load_value(const float* p) { return *p; }
 __device__ inline float load_value(const __half* p) { return __half2float(*p); }
 
@@ -170,7 +176,7 @@ __global__ void __launch_bounds__(128) preprocess_kernel(
         record_b.w = *reinterpret_cast<const float*>(&b0);
         splats[2 * entry] = record_a;
         splats[2 * entry + 1] = record_b;
-        depth_keys[entry] = __float_as_uint(pz);
+        depth_keys[entry] = depth_key(pz, view);
         tile_counts[entry] = count;
     }
 }

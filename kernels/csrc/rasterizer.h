@@ -26,7 +26,7 @@ cudaError_t launch_preprocess(const PreprocessArgs& args, cudaStream_t stream);
 
 // sort.cu: cub radix sorts and the scan. With temp == nullptr, *temp_bytes receives the size. --
 cudaError_t depth_sort(void* temp, size_t* temp_bytes, const uint32_t* keys_in, uint32_t* keys_out,
-                       const uint32_t* values_in, uint32_t* values_out, int n, cudaStream_t stream);
+                       const uint32_t* values_in, uint32_t* values_out, int n, int key_bits, cudaStream_t stream);
 template <typename Key>  // uint16_t or uint32_t
 cudaError_t pair_sort(void* temp, size_t* temp_bytes, const Key* keys_in, Key* keys_out, const uint32_t* values_in,
                       uint32_t* values_out, int n, int key_bits, cudaStream_t stream);

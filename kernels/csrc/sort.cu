@@ -1,7 +1,7 @@
 // Stage 2a: cub's device-wide radix sorts and scan, with caller-owned temporary storage.
 //
-// Two sorts, both over every view of the batch at once: entries by depth (31 bits: depths are
-// positive floats), then Gaussian/tile pairs by (view | tile) alone. cub's radix sort is stable
+// Two sorts, both over every view of the batch at once: entries by depth (31 bits, or 24 where
+// the host's depth bounds allow, see ViewParams), then Gaussian/tile pairs by (view | tile) alone. cub's radix sort is stable
 // and pairs are emitted in depth order, so the second sort leaves each tile's list front to
 // back: the (view | tile | depth) order in ceil(tile bits / 8) passes over the pairs instead of
 // ceil((tile bits + 32) / 8). Pair keys are 16-bit where a batch has under 2^16 tiles (a 1080p
@@ -16,8 +16,9 @@
 namespace splatcast {
 
 cudaError_t depth_sort(void* temp, size_t* temp_bytes, const uint32_t* keys_in, uint32_t* keys_out,
-                       const uint32_t* values_in, uint32_t* values_out, int n, cudaStream_t stream) {
-    return cub::DeviceRadixSort::SortPairs(temp, *temp_bytes, keys_in, keys_out, values_in, values_out, n, 0, 31, stream);
+                       const uint32_t* values_in, uint32_t* values_out, int n, int key_bits, cudaStream_t stream) {
+    return cub::DeviceRadixSort::SortPairs(temp, *temp_bytes, keys_in, keys_out, values_in, values_out, n, 0, key_bits,
+                                           stream);
 }
 
 template <typename Key>
