@@ -8,7 +8,7 @@
 #
 # SERVER_CPUS (default 16, which needs a host of 32 CPUs such as nvidia-h200-x2; 8 on a 16-CPU
 # host measures half the scale), WORKERS (default SERVER_CPUS / 2) and SESSIONS (default
-# "16 32"; each must be one of the sweep's counts). The server's CPUs are whole cores (SMT
+# "16 32"; each must be one of the sweep's counts); SHARED=0 leaves out the shared layout. The server's CPUs are whole cores (SMT
 # siblings together), chosen by benchmarks/cpu_split.py.
 set -uo pipefail
 OUT=${OUT:-/tmp/splatcast-out}
@@ -31,7 +31,7 @@ sweep() {  # name, viewer CPUs, pytest -k selection
         python3 -m pytest benchmarks/test_sessions_gpu.py -q -p no:cacheprovider -k "$3" \
         --benchmark-json="$OUT/sessions-$device-$1.json" 2>&1 | tail -4 | tee -a "$OUT/run.log"
 }
-sweep "shared-$SERVER_CPUS-cpus" "$server_cpus" "$WORKERS-$largest"
+[ "${SHARED:-1}" = 1 ] && sweep "shared-$SERVER_CPUS-cpus" "$server_cpus" "$WORKERS-$largest"
 sweep "split-$SERVER_CPUS-cpus" "$viewer_cpus" "$selection"
 python3 - "$OUT" <<'PY'
 import json, sys, pathlib
