@@ -8,7 +8,8 @@
 #
 # SERVER_CPUS (default 16, which needs a host of 32 CPUs such as nvidia-h200-x2; 8 on a 16-CPU
 # host measures half the scale), WORKERS (default SERVER_CPUS / 2) and SESSIONS (default
-# "16 32"; each must be one of the sweep's counts); SHARED=0 leaves out the shared layout. The server's CPUs are whole cores (SMT
+# "16 32"; each must be one of the sweep's counts); SHARED=0 leaves out the shared layout; with
+# few viewer CPUs, SPLATCAST_SWEEP_VIEWER_SECONDS=50 gives the viewers time to start. The server's CPUs are whole cores (SMT
 # siblings together), chosen by benchmarks/cpu_split.py.
 set -uo pipefail
 OUT=${OUT:-/tmp/splatcast-out}
