@@ -77,7 +77,14 @@ struct Pixel {
     }
 };
 
-__global__ void __launch_bounds__(THREADS) blend_kernel(BlendArgs args) {
+// Blocks an SM that ptxas must fit, so registers a thread: blending is latency-bound (shared
+// loads, exp2, each pixel's compositing chain), so more resident warps hide more of it; left
+// unbounded, ptxas takes 64 registers, 16 blocks an SM.
+#ifndef BLEND_MIN_BLOCKS
+#define BLEND_MIN_BLOCKS 24
+#endif
+
+__global__ void __launch_bounds__(THREADS, BLEND_MIN_BLOCKS) blend_kernel(BlendArgs args) {
     const int tiles_x = tiles_along(args.width), tiles_per_view = tiles_x * tiles_along(args.height);
     const uint32_t tile = args.tile_order ? args.tile_order[blockIdx.x / PARTS] : blockIdx.x / PARTS;
     const int part = blockIdx.x % PARTS;
