@@ -81,7 +81,7 @@ struct Pixel {
 // loads, exp2, each pixel's compositing chain), so more resident warps hide more of it; left
 // unbounded, ptxas takes 64 registers, 16 blocks an SM.
 #ifndef BLEND_MIN_BLOCKS
-#define BLEND_MIN_BLOCKS 24
+#define BLEND_MIN_BLOCKS 20
 #endif
 
 __global__ void __launch_bounds__(THREADS, BLEND_MIN_BLOCKS) blend_kernel(BlendArgs args) {
