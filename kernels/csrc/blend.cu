@@ -78,8 +78,9 @@ struct Pixel {
 };
 
 // Blocks an SM that ptxas must fit, so registers a thread: blending is latency-bound (shared
-// loads, exp2, each pixel's compositing chain), so more resident warps hide more of it; left
-// unbounded, ptxas takes 64 registers, 16 blocks an SM.
+// loads, exp2, each pixel's compositing chain), so more resident warps hide more of it. Left
+// unbounded, ptxas takes 64 registers (16 blocks an SM); 20 blocks, 48 registers, measured best
+// of 16, 20 and 24 (kernels/NOTES.md, v20).
 #ifndef BLEND_MIN_BLOCKS
 #define BLEND_MIN_BLOCKS 20
 #endif
