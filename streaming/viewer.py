@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import functools
 import json
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -20,23 +21,36 @@ from aiortc.codecs.base import Decoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import VIDEO_TIME_BASE
 
-from ..engine.cameras import intrinsics_from_fov, opencv_to_opengl, orbit_camera, projection_from_intrinsics
+
+
+# Poses are built in plain Python, as a browser builds them: a viewer is a client, and importing
+# torch (engine.cameras) took ~3 s of CPU a process, which 32 viewers starting on 4 CPUs could
+# not spare. tests/test_viewer_poses.py checks them against engine.cameras.
 
 
 @functools.lru_cache(maxsize=8)
-def _projection(fov_deg: float, width: int, height: int) -> list[float]:
-    """Column-major GL projection of a view size: the same for every pose of a viewer, and half a
-    pose message's cost, which a viewer flooding thousands a second cannot spare."""
-    return projection_from_intrinsics(intrinsics_from_fov(fov_deg, width, height), width, height).T.flatten().tolist()
+def _projection(fov_deg: float, width: int, height: int, near: float = 0.01, far: float = 100.0) -> list[float]:
+    """Column-major GL projection of a centred pinhole view (``projection_from_intrinsics`` of
+    ``intrinsics_from_fov``): the same for every pose of a viewer."""
+    focal = height / (2 * math.tan(math.radians(fov_deg) / 2))
+    depth_scale, depth_offset = -(far + near) / (far - near), -2 * far * near / (far - near)
+    return [2 * focal / width, 0.0, 0.0, 0.0, 0.0, 2 * focal / height, 0.0, 0.0, 0.0, 0.0, depth_scale, -1.0, 0.0, 0.0, depth_offset, 0.0]
 
 
 @functools.lru_cache(maxsize=8192)
-def _orbit_matrix(azimuth_deg: float, radius: float, centre: tuple[float, float, float]) -> list[float]:
-    """Column-major GL camera-to-world of an orbit pose. An orbit's poses repeat every turn (4 x
-    the pose rate of them at 90 degrees a second: 240 at 60 Hz, 8000 for a 2 kHz flood), so a
-    load-generating viewer computes each once instead of spending ~0.2 ms of torch calls on every
-    message."""
-    return opencv_to_opengl(orbit_camera(azimuth_deg, 5.0, radius, centre)).T.flatten().tolist()
+def _orbit_matrix(azimuth_deg: float, radius: float, centre: tuple[float, float, float], elevation_deg: float = 5.0) -> list[float]:
+    """Column-major GL camera-to-world of an orbit pose looking at ``centre`` with +y up
+    (``opencv_to_opengl(orbit_camera(...))``). An orbit's poses repeat every turn (4 x the pose
+    rate of them at 90 degrees a second: 240 at 60 Hz, 8000 for a 2 kHz flood), so a
+    load-generating viewer computes each once."""
+    az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
+    back = (math.sin(az) * math.cos(el), math.sin(el), math.cos(az) * math.cos(el))  # unit, centre -> eye
+    eye = [c + radius * b for c, b in zip(centre, back)]
+    # right = unit(forward x up) with forward = -back and up = +y; GL's up = -(forward x right).
+    right_len = math.hypot(back[0], back[2])
+    right = (back[2] / right_len, 0.0, -back[0] / right_len)
+    up = (back[1] * right[2] - back[2] * right[1], back[2] * right[0] - back[0] * right[2], back[0] * right[1] - back[1] * right[0])
+    return [*right, 0.0, *up, 0.0, *back, 0.0, *eye, 1.0]
 
 
 def pose_message(seq: int, azimuth_deg: float, width: int, height: int, radius: float, centre, fov_deg: float = 40.0, views: int = 1) -> str:
