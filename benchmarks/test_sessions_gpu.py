@@ -37,7 +37,7 @@ pytestmark = pytest.mark.gpu
 VIEWER_SECONDS = float(os.environ.get("SPLATCAST_SWEEP_VIEWER_SECONDS", "16"))
 """Each viewer's run: long enough to connect, settle, and outlast the server's measuring window.
 Also how long the viewers may take to connect (at least 30 s): many viewers on a few CPUs start
-slowly (each process imports torch), so give those runs more (``SPLATCAST_SWEEP_VIEWER_SECONDS``)."""
+slowly, so give those runs more (``SPLATCAST_SWEEP_VIEWER_SECONDS``)."""
 WINDOW_SECONDS = 4.0
 WORKER_COUNTS = sorted({int(w) for w in os.environ.get("SPLATCAST_SWEEP_WORKERS", f"1,{min(usable_cpu_count() // 2, 8)}").split(",")})
 """Server processes hosting the sessions: one (``workers=1``) and sharded (``--workers``)."""

@@ -21,8 +21,6 @@ from aiortc.codecs.base import Decoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import VIDEO_TIME_BASE
 
-
-
 # Poses are built in plain Python, as a browser builds them: a viewer is a client, and importing
 # torch (engine.cameras) took ~3 s of CPU a process, which 32 viewers starting on 4 CPUs could
 # not spare. tests/test_viewer_poses.py checks them against engine.cameras.
