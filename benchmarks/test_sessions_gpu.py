@@ -45,6 +45,9 @@ ENCODER_THREADS = int(os.environ.get("SPLATCAST_SWEEP_ENCODER_THREADS", "0"))
 """Each session's encoder threads (``--encoder-threads``; 0: the server's default)."""
 SWITCH_INTERVAL_MS = float(os.environ.get("SPLATCAST_SWEEP_SWITCH_INTERVAL_MS", "0"))
 """Python's thread switch interval in the processes hosting sessions (``--switch-interval-ms``; 0: Python's 5 ms)."""
+LATE_START = float(os.environ.get("SPLATCAST_SWEEP_LATE_START", "0"))
+"""How late a session's frame may start while its previous one is still out (``--late-start``,
+a fraction of a frame interval; 0: the slot is skipped)."""
 VIEWER_CPUS = os.environ.get("SPLATCAST_SWEEP_VIEWER_CPUS", "")
 """CPUs the viewers run on (``taskset`` list syntax, e.g. ``16-31``); empty: wherever the server may.
 With the benchmark itself under ``taskset -c 0-15``, the server gets 16 CPUs of its own and the
@@ -127,7 +130,7 @@ def server_cpu_seconds(worker_pids: list[int]) -> float:
 @pytest.mark.parametrize("workers", WORKER_COUNTS)
 def test_concurrent_720p60_sessions(benchmark, workers, sessions):
     async def run() -> dict:
-        config = ServerConfig(fps=60, width=1280, height=720, max_sessions=sessions, sessions_per_address=sessions, idle_timeout=60, workers=workers, encoder_threads=ENCODER_THREADS, switch_interval_ms=SWITCH_INTERVAL_MS)
+        config = ServerConfig(fps=60, width=1280, height=720, max_sessions=sessions, sessions_per_address=sessions, idle_timeout=60, workers=workers, encoder_threads=ENCODER_THREADS, switch_interval_ms=SWITCH_INTERVAL_MS, late_start=LATE_START)
         app = create_app({"sample": load_asset(sample_avatar_path())}, config)
         async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as http:
             url = str(server.make_url("")).rstrip("/")
@@ -166,6 +169,7 @@ def test_concurrent_720p60_sessions(benchmark, workers, sessions):
                 "workers": workers,
                 "encoder_threads": ENCODER_THREADS,
                 "switch_interval_ms": SWITCH_INTERVAL_MS,
+                "late_start": LATE_START,
                 "connected": len(sent),
                 "viewers_streaming_through_window": streaming_through,
                 "server_fps_min": round(min(fps), 2) if fps else 0.0,

@@ -51,6 +51,15 @@ def _milliseconds(text: str) -> float:
     return value
 
 
+def _late_start(text: str) -> float:
+    from .streaming.track import checked_late_start
+
+    try:
+        return checked_late_start(float(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _workers(text: str) -> int:
     return _non_negative_int(text) or max(1, usable_cpu_count() // 2)
 
@@ -170,6 +179,7 @@ def serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         encoder_threads=args.encoder_threads,
         switch_interval_ms=args.switch_interval_ms,
+        late_start=args.late_start,
     )
     with console.status(f"preparing {avatar_id} ({len(cloud):,} Gaussians) for streaming"):
         app = create_app({avatar_id: cloud}, config)
@@ -251,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_workers, default=1, help="processes hosting the sessions (0: half the CPUs this process may use)")
     p.add_argument("--encoder-threads", type=_non_negative_int, default=0, help="threads per session's encoder (0: its share of the cores at --max-sessions)")
     p.add_argument("--switch-interval-ms", type=_milliseconds, default=0.0, help="Python's thread switch interval in session processes (0: Python's 5 ms)")
+    p.add_argument(
+        "--late-start", type=_late_start, default=0.0,
+        help="fraction of a frame interval (up to 0.25) a frame may start after its slot while the previous one is still out (0: skip the slot)",
+    )
     _reconstruction_options(p)
     p.set_defaults(run=serve)
 

@@ -44,11 +44,16 @@ class RenderLoop:
 
     def add(self, track: AvatarTrack, renderer: FrameRenderer) -> None:
         track.pacer.base = self.slot_base
+        track.on_free = self._wake  # a frame waiting past its slot (``late_start``) can start
         self._tracks[track] = renderer
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="splatcast-render-loop")
-        elif self._wakeup is not None:
-            _resolve(self._wakeup)  # the new track's first frame is due now, not at the others' next slot
+        else:
+            self._wake()  # the new track's first frame is due now, not at the others' next slot
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            _resolve(self._wakeup)
 
     async def on_render_thread(self, fn, *args):
         """``fn(*args)`` on the thread that renders, between frames: GPU set-up work belongs there."""
@@ -74,7 +79,7 @@ class RenderLoop:
                     job = track.take_job(now)
                     batches[(renderer, job.views.width, job.views.height)].append((track, job))
             if not batches:
-                upcoming = min((t.next_slot() for t in self._tracks), default=now)
+                upcoming = min((t.wake_at(now) for t in self._tracks), default=now)
                 await self._sleep(max(upcoming - now, MIN_SLEEP_S))
                 continue
             for (renderer, *_), batch in batches.items():

@@ -39,7 +39,7 @@ from .openapi import openapi_spec
 from .protocol import SizeLimits
 from .render_loop import RenderLoop
 from .session import Session, SessionLimitError, SessionManager, new_session_id
-from .track import AvatarTrack
+from .track import AvatarTrack, checked_late_start
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +90,17 @@ class ServerConfig:
     workers: int = 1
     """Processes that host sessions; 1: this process. More spread the per-session network work
     (aiortc's RTP, SRTP, SCTP in Python) over that many event loops sharing the GPU."""
+    late_start: float = 0.0
+    """Fraction of a frame interval (at most 1/4) by which a session's frame may start after its
+    slot while its previous frame is still out; 0 skips the slot at once. A frame that misses its
+    slot by a little then goes out late instead of a whole interval later."""
     switch_interval_ms: float = 0.0
     """Python's thread switch interval in each process hosting sessions (``sys.setswitchinterval``);
     0 leaves the interpreter's own (5 ms by default). A render or encode thread back from C code
     waits for the GIL until the busy event loop yields it or this interval ends."""
+
+    def __post_init__(self) -> None:
+        checked_late_start(self.late_start)  # at start-up, not at each session's offer
 
     def session_encoder_threads(self) -> int:
         return self.encoder_threads or max(1, usable_cpu_count() // self.max_sessions)
@@ -300,7 +307,8 @@ class StreamingServer:
         ice = [RTCIceServer(url) for url in self.config.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
         track = AvatarTrack(
-            avatar.default_views(*self.default_size), self.config.fps, self.config.bitrate_bounds, self.config.session_encoder_threads()
+            avatar.default_views(*self.default_size), self.config.fps, self.config.bitrate_bounds, self.config.session_encoder_threads(),
+            late_start=self.config.late_start,
         )
         transceiver = pc.addTransceiver(track, direction="sendonly")
         transceiver.setCodecPreferences(preferred_video_codecs())

@@ -24,6 +24,15 @@ from .pacing import FramePacer
 from .protocol import PoseRequest
 
 FrameCallback = Callable[[PoseRequest | None, int, dict[str, float]], None]
+MAX_LATE_START = 0.25
+"""Of a frame interval: a frame started this late still comes 3/4 of an interval before the next
+slot, the closest the pacer ever puts two frames."""
+
+
+def checked_late_start(value: float) -> float:
+    if not 0.0 <= value <= MAX_LATE_START:
+        raise ValueError(f"late start must be between 0 and {MAX_LATE_START} of a frame interval, got {value}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -46,10 +55,14 @@ class AvatarTrack(MediaStreamTrack):
         bitrate_bounds: tuple[int, int, int] = (300_000, 3_000_000, 12_000_000),
         encoder_threads: int = 0,
         on_frame: FrameCallback | None = None,
+        late_start: float = 0.0,
     ) -> None:
         """``encoder_threads`` goes to the encoder as it is (0: FFmpeg's choice); the server
-        passes ``ServerConfig.session_encoder_threads()``."""
+        passes ``ServerConfig.session_encoder_threads()``. ``late_start``: the fraction of a frame
+        interval (at most 1/4) by which a frame may start after its slot while the previous one
+        is still out, instead of the slot being skipped (``ServerConfig.late_start``)."""
         super().__init__()
+        self.late_start = checked_late_start(late_start)
         self.fps = fps
         self.bitrate_bounds = bitrate_bounds
         self.encoder_threads = encoder_threads
@@ -72,6 +85,10 @@ class AvatarTrack(MediaStreamTrack):
         """aiortc's sender has taken a frame: before that (DTLS still connecting) the first frame
         waits unsent, and the slots it holds up are not counted as skipped."""
         self._packet: asyncio.Future[av.Packet] = asyncio.get_running_loop().create_future()
+        self.on_free: Callable[[], None] | None = None
+        """Called when the previous frame goes out while a slot waits for it: the render loop,
+        which may start the late frame now."""
+        self._waiting = False
 
     def delivered_fps(self) -> float:
         """Frames handed to aiortc during the last second."""
@@ -98,11 +115,26 @@ class AvatarTrack(MediaStreamTrack):
         """Monotonic time of this track's next frame slot."""
         return self.pacer.next_slot
 
+    def _late_start_ends(self) -> float:
+        return self.pacer.next_slot + self.late_start / self.fps
+
+    def wake_at(self, now: float) -> float:
+        """When the render loop should look at this track again: its next slot, or while its
+        previous frame is still out past that slot, the end of the late start (``on_free`` wakes
+        the loop sooner when the frame goes out)."""
+        if self._busy and now >= self.pacer.next_slot:
+            return self._late_start_ends()
+        return self.pacer.next_slot
+
     def ready(self, now: float) -> bool:
-        """A frame is due, a codec is negotiated and the previous frame has gone to aiortc."""
+        """A frame is due, a codec is negotiated and the previous frame has gone to aiortc. A
+        slot whose previous frame is still out waits up to ``late_start``, then is skipped."""
         if self.readyState != "live" or self.codec_mime is None or now < self.pacer.next_slot:
             return False
         if self._busy:
+            self._waiting = now < self._late_start_ends()
+            if self._waiting:
+                return False
             if self._sending:
                 self.frames_skipped += 1
             self.pacer.advance(now)
@@ -162,6 +194,10 @@ class AvatarTrack(MediaStreamTrack):
         packet = await self._packet
         self._packet = asyncio.get_running_loop().create_future()
         self._busy, self._sending = False, True
+        if self._waiting:
+            self._waiting = False
+            if self.on_free is not None:
+                self.on_free()
         return packet
 
     def stop(self) -> None:

@@ -277,6 +277,17 @@ async def test_each_sessions_encoder_runs_the_configured_threads(threads):
         await viewer.close()
 
 
+async def test_a_server_with_late_starts_streams_and_its_loop_hears_when_frames_go_out():
+    config = ServerConfig(fps=60, width=WIDTH, height=HEIGHT, late_start=0.25)
+    async with TestServer(create_app({"figure": figure_cloud()}, config), host="127.0.0.1") as test_server:
+        viewer, session, _ = await streaming_viewer(test_server, frames=5)
+        assert session.track.late_start == 0.25
+        assert session.track.on_free is not None  # the render loop's wake-up
+        sent = session.track.frames_sent
+        assert await wait_for(lambda: session.track.frames_sent >= sent + 5, timeout=10.0)
+        await viewer.close()
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or os.cpu_count() < 2, reason="needs CPU affinity and two CPUs")
 def test_default_encoder_threads_follow_the_cpus_this_process_may_use():
     """A server under ``taskset`` or a container's cpuset sizes its encoders from the CPUs it was

@@ -59,6 +59,49 @@ async def test_a_busy_track_skips_its_slot():
     assert t.next_slot() == pytest.approx(slot + PERIOD)
 
 
+def late_starting_track(base: float, late_start: float) -> AvatarTrack:
+    t = track(base)
+    t.late_start = late_start
+    return t
+
+
+async def test_a_busy_track_waits_its_late_start_then_starts_late():
+    t = late_starting_track(0.0, 0.25)
+    woken = []
+    t.on_free = lambda: woken.append(True)
+    await finish(t, t.take_job(40.0))
+    job = t.take_job(t.next_slot())  # still out at the next slot ...
+    slot = t.next_slot()
+    assert not t.ready(slot) and t.next_slot() == slot and t.frames_skipped == 0  # ... which waits
+    assert t.wake_at(slot) == pytest.approx(slot + 0.25 * PERIOD)
+    now = slot + 0.1 * PERIOD
+    await finish(t, job)  # out late: the render loop is told at once
+    assert woken == [True]
+    assert t.ready(now)
+    t.take_job(now)
+    assert t.next_slot() == pytest.approx(slot + PERIOD)  # the slot after stays on the grid, 0.9 of an interval on
+    assert t.frames_skipped == 0
+
+
+async def test_a_busy_track_skips_its_slot_once_its_late_start_has_passed():
+    t = late_starting_track(0.0, 0.25)
+    await finish(t, t.take_job(50.0))
+    t.take_job(t.next_slot())
+    slot = t.next_slot()
+    assert not t.ready(slot + 0.2 * PERIOD) and t.frames_skipped == 0
+    assert not t.ready(slot + 0.25 * PERIOD)
+    assert t.frames_skipped == 1 and t.next_slot() == pytest.approx(slot + PERIOD)
+
+
+def test_late_starts_past_a_quarter_interval_are_refused():
+    from splatcast.streaming.server import ServerConfig
+
+    with pytest.raises(ValueError, match="between 0 and 0.25"):
+        ServerConfig(late_start=0.3)
+    with pytest.raises(ValueError, match="between 0 and 0.25"):
+        ServerConfig(late_start=-0.1)
+
+
 async def test_slots_held_up_before_the_connection_sends_are_not_skips():
     t = track(0.0)
     t.take_job(30.0)  # the first frame waits for DTLS: aiortc has not asked for it yet
