@@ -88,7 +88,7 @@ class AvatarTrack(MediaStreamTrack):
         self.on_free: Callable[[], None] | None = None
         """Called when the previous frame goes out while a slot waits for it: the render loop,
         which may start the late frame now."""
-        self._waiting = False
+        self._slot_waiting = False
 
     def delivered_fps(self) -> float:
         """Frames handed to aiortc during the last second."""
@@ -132,8 +132,8 @@ class AvatarTrack(MediaStreamTrack):
         if self.readyState != "live" or self.codec_mime is None or now < self.pacer.next_slot:
             return False
         if self._busy:
-            self._waiting = now < self._late_start_ends()
-            if self._waiting:
+            self._slot_waiting = now < self._late_start_ends()
+            if self._slot_waiting:
                 return False
             if self._sending:
                 self.frames_skipped += 1
@@ -194,8 +194,8 @@ class AvatarTrack(MediaStreamTrack):
         packet = await self._packet
         self._packet = asyncio.get_running_loop().create_future()
         self._busy, self._sending = False, True
-        if self._waiting:
-            self._waiting = False
+        if self._slot_waiting:
+            self._slot_waiting = False
             if self.on_free is not None:
                 self.on_free()
         return packet
