@@ -88,7 +88,7 @@ class AvatarTrack(MediaStreamTrack):
         self.on_free: Callable[[], None] | None = None
         """Called when the previous frame goes out while a slot waits for it: the render loop,
         which may start the late frame now."""
-        self._slot_waiting = False
+        self._slot_waiting = False  # not ``_waiting``: pyee's event emitter, a base class, keeps its futures there
 
     def delivered_fps(self) -> float:
         """Frames handed to aiortc during the last second."""
