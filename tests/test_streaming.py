@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestServer
 from splatcast.engine.gaussians import GaussianCloud, rgb_to_sh0
 from splatcast.kernels import reference
 from splatcast.streaming.protocol import SizeLimits, parse_pose
+from splatcast.streaming.render_loop import RenderLoop
 from splatcast.streaming.server import SERVER_KEY, ServerConfig, create_app
 
 from splatcast.streaming.viewer import Viewer, pose_message
@@ -277,12 +278,12 @@ async def test_each_sessions_encoder_runs_the_configured_threads(threads):
         await viewer.close()
 
 
-async def test_a_server_with_late_starts_streams_and_its_loop_hears_when_frames_go_out():
+async def test_a_server_with_late_starts_gives_them_to_its_sessions_and_streams():
     config = ServerConfig(fps=60, width=WIDTH, height=HEIGHT, late_start=0.25)
     async with TestServer(create_app({"figure": figure_cloud()}, config), host="127.0.0.1") as test_server:
         viewer, session, _ = await streaming_viewer(test_server, frames=5)
         assert session.track.late_start == 0.25
-        assert session.track.on_free is not None  # the render loop's wake-up
+        assert isinstance(session.track.on_free.__self__, RenderLoop)  # the loop wakes when a frame goes out
         sent = session.track.frames_sent
         assert await wait_for(lambda: session.track.frames_sent >= sent + 5, timeout=10.0)
         await viewer.close()

@@ -12,8 +12,8 @@ FPS = 60
 PERIOD = 1 / FPS
 
 
-def track(base: float) -> AvatarTrack:
-    t = AvatarTrack(single_view(orbit_camera(0.0, 0.0, 3.0), intrinsics_from_fov(40.0, 64, 48), 64, 48), fps=FPS)
+def track(base: float, late_start: float = 0.0) -> AvatarTrack:
+    t = AvatarTrack(single_view(orbit_camera(0.0, 0.0, 3.0), intrinsics_from_fov(40.0, 64, 48), 64, 48), fps=FPS, late_start=late_start)
     t.codec_mime = "video/h264"
     t.pacer.base = base
     return t
@@ -59,14 +59,8 @@ async def test_a_busy_track_skips_its_slot():
     assert t.next_slot() == pytest.approx(slot + PERIOD)
 
 
-def late_starting_track(base: float, late_start: float) -> AvatarTrack:
-    t = track(base)
-    t.late_start = late_start
-    return t
-
-
 async def test_a_busy_track_waits_its_late_start_then_starts_late():
-    t = late_starting_track(0.0, 0.25)
+    t = track(0.0, late_start=0.25)
     woken = []
     t.on_free = lambda: woken.append(True)
     await finish(t, t.take_job(40.0))
@@ -84,7 +78,7 @@ async def test_a_busy_track_waits_its_late_start_then_starts_late():
 
 
 async def test_a_busy_track_skips_its_slot_once_its_late_start_has_passed():
-    t = late_starting_track(0.0, 0.25)
+    t = track(0.0, late_start=0.25)
     await finish(t, t.take_job(50.0))
     t.take_job(t.next_slot())
     slot = t.next_slot()
