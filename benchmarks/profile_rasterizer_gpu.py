@@ -4,7 +4,8 @@
 
 For each benchmark case: the median of a whole ``render_i420`` and ``render`` call (CUDA events,
 as the benchmark), of their graph replays alone (the GPU's share, with the launch), the host's
-time in a ``render_i420`` call split into Python, graph launch and the wait for the frame, and of each stage's launch when run eagerly between CUDA events (the graph runs the
+time in a ``render_i420`` call split into Python, graph launch and the wait for the frame, the
+GPU time of each kernel in the rgb replay (torch.profiler), and of each stage's launch when run eagerly between CUDA events (the graph runs the
 same launches without the gaps; eager times of small launches are mostly launch latency); the
 blending of the heaviest tile alone (the floor of the blending launch); the replay with 31-bit
 depth keys, against the plan's own (24-bit where the views' depths fit); and the work: entries,
@@ -64,6 +65,24 @@ def median_ms(call) -> float:
     return round(statistics.median(times), 4)
 
 
+def kernels_us(call) -> dict:
+    """GPU time of each kernel ``call`` launches (graph nodes included: CUPTI reports them), as
+    torch.profiler records it: microseconds a call, the mean of ten, by kernel name up to its
+    template arguments."""
+    call()
+    torch.cuda.synchronize()
+    calls = 10
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
+        for _ in range(calls):
+            call()
+        torch.cuda.synchronize()
+    totals = defaultdict(float)
+    for average in profiler.key_averages():
+        if average.device_type == torch.autograd.DeviceType.CUDA:
+            totals[average.key.split("<")[0].split("(")[0]] += average.device_time_total / calls
+    return {name: round(us, 2) for name, us in sorted(totals.items(), key=lambda item: -item[1])}
+
+
 def host_split(rasterizer: CudaRasterizer, call) -> dict:
     """Host time of a call (perf_counter medians, ms): launching the frame (``_run``: the graph
     replay), waiting for it (``_finish``), and the rest (Python)."""
@@ -101,6 +120,7 @@ def profile(case: str, storage: torch.dtype) -> dict:
     rgb_replay_ms = median_ms(lambda: rasterizer._replay(rgb_plan))
 
     host = host_split(rasterizer, lambda: rasterizer.render_i420(cloud, views, BACKGROUND, per_frame))
+    rgb_replay_kernels = kernels_us(lambda: rasterizer._replay(rgb_plan))
 
     # A/B in the same process: the frame with 31-bit depth keys (a cloud with no bounds), against
     # the plan's own keys (24 bits where its views' depths fit them).
@@ -115,7 +135,7 @@ def profile(case: str, storage: torch.dtype) -> dict:
     busy = lengths[lengths > 0]
     result = {
         "case": case, "storage": str(storage), "call_ms": call_ms, "replay_ms": replay_ms,
-        "rgb_call_ms": rgb_call_ms, "rgb_replay_ms": rgb_replay_ms, "host_ms": host,
+        "rgb_call_ms": rgb_call_ms, "rgb_replay_ms": rgb_replay_ms, "rgb_replay_kernels_us": rgb_replay_kernels, "host_ms": host,
         "depth_key_bits": plan.depth_key_bits, "replay_31_bit_depth_keys_ms": full_keys_replay_ms,
         "entries": entries, "entries_with_pairs": int((rasterizer._tile_counts[:entries] > 0).sum()),
         "pairs": int(rasterizer._ends[entries - 1]), "pair_slots": plan.pair_slots,
@@ -158,7 +178,7 @@ def main(path: str) -> None:
               f"({r['depth_key_bits']}-bit depth keys; 31-bit: {r['replay_31_bit_depth_keys_ms']:.3f}) "
               f"rgb call={r['rgb_call_ms']:.3f} replay={r['rgb_replay_ms']:.3f} "
               f"pairs={r['pairs']} vis={r['entries_with_pairs']}/{r['entries']} list={r['mean_list']}/{r['max_list']} "
-              f"heaviest={r['heaviest_tile_blend_ms']:.3f} host={r['host_ms']} | {stages}")
+              f"heaviest={r['heaviest_tile_blend_ms']:.3f} host={r['host_ms']} | {stages}\n    rgb replay's kernels, us: {r['rgb_replay_kernels_us']}")
 
 
 if __name__ == "__main__":
