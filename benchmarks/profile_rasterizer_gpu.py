@@ -79,7 +79,8 @@ def kernels_us(call) -> dict:
     totals = defaultdict(float)
     for average in profiler.key_averages():
         if average.device_type == torch.autograd.DeviceType.CUDA:
-            totals[average.key.split("<")[0].split("(")[0]] += average.device_time_total / calls
+            name = average.key.replace("(anonymous namespace)::", "").removeprefix("void ")
+            totals[name.split("<")[0].split("(")[0]] += average.device_time_total / calls
     return {name: round(us, 2) for name, us in sorted(totals.items(), key=lambda item: -item[1])}
 
 

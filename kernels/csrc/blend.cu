@@ -81,9 +81,6 @@ struct Pixel {
 // loads, exp2, each pixel's compositing chain), so more resident warps hide more of it. Left
 // unbounded, ptxas takes 64 registers (16 blocks an SM); 20 blocks, 48 registers, measured best
 // of 16, 20 and 24 (kernels/NOTES.md, v20).
-#ifndef BLEND_FULL_BATCHES
-#define BLEND_FULL_BATCHES 0
-#endif
 #ifndef BLEND_MIN_BLOCKS
 #define BLEND_MIN_BLOCKS 20
 #endif
@@ -109,111 +106,6 @@ __global__ void __launch_bounds__(THREADS, BLEND_MIN_BLOCKS) blend_kernel(BlendA
         pixel.transmittance = fabsf(s.w);
     }
 
-#if BLEND_FULL_BATCHES
-    // Staged splats: a ring of CAPACITY slots holding, in list order, only the splats that meet
-    // this block's quarter. Rounds of THREADS list entries are staged until a whole batch of
-    // THREADS splats waits (or the list ends), so each batch the warps walk is full.
-    constexpr int CAPACITY = 2 * THREADS;
-    __shared__ float4 shared_a[CAPACITY];
-    __shared__ float4 shared_b[CAPACITY];
-    __shared__ float shared_blue[CAPACITY];
-    __shared__ uint8_t shared_warps[CAPACITY];  // bit w: the splat meets warp w's rectangle
-    __shared__ int shared_count[2][WARPS];      // splats each warp staged in a round, by round parity
-
-    // The warps of this block a pair value's splat meets: bits (2 qy + w) * 2 + qx of the tile's
-    // mask for quarter (qx, qy) = (part % 2, part / 2).
-    const bool masks = values_carry_masks(args.num_entries);
-    const int quarter_bit = ENTRY_BITS + 4 * (part / 2) + part % 2;
-    const int2 range = args.ranges[tile];
-    int index = range.x + threadIdx.x;
-    uint32_t next_warps = 0;
-    float4 next_a, next_b;
-    auto fetch = [&]() {
-        next_warps = 0;
-        if (index >= range.y) return;
-        const uint32_t value = args.values[index];
-        const uint32_t entry = masks ? value & ((1u << ENTRY_BITS) - 1) : value;
-        if (masks) {
-            next_warps = (value >> quarter_bit & 1u) | (value >> (quarter_bit + 2) & 1u) << 1;
-            if (next_warps == 0) return;
-        }
-        next_a = args.splats[2 * static_cast<int64_t>(entry)];
-        next_b = args.splats[2 * static_cast<int64_t>(entry) + 1];
-        if (!masks) {
-            float left[BANDS], right[BANDS];
-            band_extents<BANDS>(next_a.x, next_a.y, Footprint(next_a, next_b), origin_y + 0.5f, left, right);
-            next_warps = rectangles_met<BANDS, SIDE / WARP_COLUMNS>(left, right, origin_x + 0.5f);
-        }
-    };
-    fetch();
-    // Block-uniform: the next round's first list entry, the ring's first staged slot, how many
-    // are staged, and the parity of the next round's counts.
-    int round_begin = range.x, head = 0, staged = 0, parity = 0;
-    while (true) {
-        bool rounds = false;
-        while (staged < THREADS && round_begin < range.y) {
-            const unsigned meets_quarter = __ballot_sync(FULL_MASK, next_warps != 0);
-            if (lane == 0) shared_count[parity][warp] = __popc(meets_quarter);
-            // Also the barrier after which the ring's walked slots may be overwritten, and the
-            // previous round's records are visible.
-            __syncthreads();
-            int before = 0, added = 0;
-#pragma unroll
-            for (int w = 0; w < WARPS; ++w) {
-                before += w < warp ? shared_count[parity][w] : 0;
-                added += shared_count[parity][w];
-            }
-            if (next_warps != 0) {
-                const int slot = (head + staged + before + __popc(meets_quarter & ((1u << lane) - 1))) % CAPACITY;
-                const Staged s = stage(next_a, next_b);
-                shared_a[slot] = s.a;
-                shared_b[slot] = s.b;
-                shared_blue[slot] = s.blue;
-                shared_warps[slot] = static_cast<uint8_t>(next_warps);
-            }
-            staged += added;
-            parity ^= 1;
-            round_begin += THREADS;
-            index += THREADS;
-            fetch();
-            rounds = true;
-        }
-        if (staged == 0) break;
-        if (rounds) __syncthreads();  // the last round's records visible
-        const int batch = min(staged, THREADS);
-        for (int first = 0; first < batch; first += 32) {
-            if (__all_sync(FULL_MASK, !pixel.live)) break;
-            const int j = first + lane;
-            const bool meets = j < batch && (shared_warps[(head + j) % CAPACITY] >> warp & 1u);
-            // ILP hits at a time: their opacities together, then the state updates in order.
-            // Bit-reversed, so that the next splat in list order is the leading one (one count
-            // of leading zeros a hit instead of a reversal and a search).
-            for (unsigned hits = __brev(__ballot_sync(FULL_MASK, meets)); hits != 0;) {
-                const int count = min(ILP, __popc(hits));
-                float alpha[ILP], red[ILP], green[ILP], blue[ILP];
-#pragma unroll
-                for (int u = 0; u < ILP; ++u) {
-                    if (u >= count) break;
-                    const int lead = __clz(hits);
-                    const int k = (head + first + lead) % CAPACITY;
-                    hits &= ~(0x80000000u >> lead);
-                    const float4 a = shared_a[k], b = shared_b[k];
-                    alpha[u] = alpha_at(pixel.x, pixel.y, a, b);
-                    red[u] = b.z;
-                    green[u] = b.w;
-                    blue[u] = shared_blue[k];
-                }
-#pragma unroll
-                for (int u = 0; u < ILP; ++u)
-                    if (u < count) pixel.composite(alpha[u], red[u], green[u], blue[u]);
-            }
-        }
-        head = (head + batch) % CAPACITY;
-        staged -= batch;
-        if (__syncthreads_count(!pixel.live) == THREADS) break;
-    }
-
-#else
     __shared__ float4 shared_a[THREADS];
     __shared__ float4 shared_b[THREADS];
     __shared__ float shared_blue[THREADS];
@@ -291,7 +183,6 @@ __global__ void __launch_bounds__(THREADS, BLEND_MIN_BLOCKS) blend_kernel(BlendA
         }
     }
 
-#endif
     if (!inside) return;
     if (!args.final) {
         args.state[pixel_index] = make_float4(pixel.colour.x, pixel.colour.y, pixel.colour.z,

@@ -1,13 +1,14 @@
-"""Builds of the blending kernel, A/B in one process (issue 3, kernels/NOTES.md v20, v21).
+"""Builds of the kernels, A/B in one process (issue 3, kernels/NOTES.md v20-v22).
 
-    python benchmarks/compare_blend_variants_gpu.py OUT.json [NAME=VALUE[,NAME=VALUE...] ...]
+    python benchmarks/compare_build_variants_gpu.py OUT.json [NAME=VALUE[,NAME=VALUE...] ...]
 
-Builds the kernels once per variant, a set of the blending kernel's compile-time switches
-(``BLEND_MIN_BLOCKS``: its ``__launch_bounds__`` minimum of blocks an SM, 1 leaving ptxas
-unbounded; ``BLEND_FULL_BATCHES``), beside the default build (built first, so that a later
+Builds the kernels once per variant, a set of compile-time switches (``BLEND_MIN_BLOCKS``: the
+blending kernel's ``__launch_bounds__`` minimum of blocks an SM, 1 leaving ptxas unbounded; the
+switch of an experiment while it is measured), beside the default build (so that a later
 ``_load_extension`` finds it), in parallel; then times the rgb frame's graph replay of every
-benchmark case with each build, interleaved over ROUNDS rounds: the GPU's share of a call, which
-repeats within 1% between runs where the host's share does not.
+benchmark case with each build, interleaved over ROUNDS rounds (the GPU's share of a call, which
+repeats within 1% between runs where the host's share does not), and records each build's GPU
+time per kernel and the largest difference of its frames from the default's.
 """
 
 import json
@@ -24,7 +25,7 @@ import torch
 from torch.utils.cpp_extension import load
 
 from splatcast.kernels import cuda_rasterizer
-from profile_rasterizer_gpu import median_ms
+from profile_rasterizer_gpu import kernels_us, median_ms
 from test_rasterizer_gpu import BACKGROUND, CASES, case_views, cloud_of
 
 ROUNDS = 3
@@ -44,8 +45,8 @@ def build(variant: str | None):
     )
 
 
-def replay(extension, case: str) -> tuple[float, torch.Tensor]:
-    """The median replay (ms) and the frame's image."""
+def replay(extension, case: str) -> tuple[float, torch.Tensor, dict]:
+    """The median replay (ms), the frame's image and the replay's GPU time per kernel (us)."""
     n, setup = CASES[case]
     views, _ = case_views(setup)
     cuda_rasterizer._extension = extension  # what the next CudaRasterizer binds
@@ -53,7 +54,7 @@ def replay(extension, case: str) -> tuple[float, torch.Tensor]:
     for _ in range(3):  # the first frame fits the pair slots, the next captures
         image = rasterizer.render(cloud_of(n), views, BACKGROUND)
     (plan,) = rasterizer._plans.values()
-    return median_ms(lambda: rasterizer._replay(plan)), image
+    return median_ms(lambda: rasterizer._replay(plan)), image, kernels_us(lambda: rasterizer._replay(plan))
 
 
 def main(path: str, variants: list[str]) -> None:
@@ -64,12 +65,12 @@ def main(path: str, variants: list[str]) -> None:
     times = {case: {label: [] for label in labels} for case in CASES}
     # Largest difference of any pixel level from the default build's frame: the variants change
     # how the work is scheduled, not the arithmetic, so 0 is expected.
-    differences = {case: {} for case in CASES}
+    differences, kernels = {case: {} for case in CASES}, {case: {} for case in CASES}
     for _ in range(ROUNDS):
         for case in CASES:
             reference = None
             for label, extension in builds.items():
-                ms, image = replay(extension, case)
+                ms, image, kernels[case][label] = replay(extension, case)
                 times[case][label].append(ms)
                 reference = image if reference is None else reference
                 differences[case][label] = int((image.int() - reference.int()).abs().max())
@@ -87,13 +88,17 @@ def main(path: str, variants: list[str]) -> None:
         f"'default' is the build as shipped, the others with the defines they are named by",
         "replay_ms": medians,
         "max_level_difference_vs_default": differences,
+        "kernels_us_last_round": kernels,
         "rounds_ms": times,
     }
     Path(path).write_text(json.dumps(result, indent=1))
     print("| case | " + " | ".join(labels) + " |")
     for case, by in medians.items():
         print(f"| {case} | " + " | ".join(f"{by[label]:.3f} (diff {differences[case][label]})" for label in labels) + " |")
+    for case, by in kernels.items():
+        for label, us in by.items():
+            print(case, label, us)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:] or ["BLEND_FULL_BATCHES=1"])
+    main(sys.argv[1], sys.argv[2:] or ["BLEND_MIN_BLOCKS=1"])
