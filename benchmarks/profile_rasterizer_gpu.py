@@ -162,7 +162,7 @@ def profile(case: str, storage: torch.dtype) -> dict:
     alone[lengths.argmax()] = plan.ranges[lengths.argmax()]
     result["heaviest_tile_blend_ms"] = median_ms(lambda: timer.extension.blend(
         alone, None, eager._pair_values_sorted, eager._splats, plan.num_views * plan.num_gaussians, plan.background, plan.num_views, plan.width, plan.height,
-        plan.image, None, False, True))
+        plan.image_slot, None, False, True))
     return result
 
 

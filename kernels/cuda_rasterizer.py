@@ -12,7 +12,9 @@ A frame is a fixed sequence of launches over buffers that only grow:
 4. ``rgb_to_i420``: each view written into its frame, views of a frame side by side.
 
 Since no launch depends on a value read back by the host, a whole frame is captured once per
-shape in a CUDA graph and replayed. The copy of the I420 frames to the host follows the graph,
+shape in a CUDA graph and replayed. The image's address travels with the frame's inputs (view
+parameters, background), so ``render`` gets each frame in a fresh device tensor with no copy
+after the graph. The copy of the I420 frames to the host follows the graph,
 into pinned memory fresh from PyTorch's pinned-memory cache each call: the frames then belong
 to the caller (an encoder may wrap them without a copy while the next frame renders) and go
 back to the cache when released. The only read-back is the pair count, after the frame: a
@@ -207,13 +209,13 @@ class _Plan:
     depth_key_bits: int  # 24 or 31, see depth_key_floors
     width: int
     height: int
-    inputs_host: torch.Tensor  # pinned: view parameters then background
+    inputs_host: torch.Tensor  # pinned: view parameters, background (4 floats), the image's address (int64)
     inputs_np: np.ndarray  # the same memory, written per call
     inputs: torch.Tensor
-    image: torch.Tensor
     ranges: torch.Tensor  # (V * tiles, 2) each tile's [begin, end) in the sorted pairs
     order: torch.Tensor  # (4, V * tiles): tile loads, tile ids, and both sorted by load, descending
     pair_slots: int
+    image: torch.Tensor | None = None  # I420 plans: the RGB views the conversion reads
     i420: torch.Tensor | None = None
     layout: torch.Tensor | None = None
     frame_spans: list[tuple[int, int]] = field(default_factory=list)  # each frame's (byte offset, luma width) in i420
@@ -231,6 +233,15 @@ class _Plan:
     @property
     def background(self) -> torch.Tensor:
         return self.inputs[self.view_floats * self.num_views :][:3]
+
+    @property
+    def image_slot(self) -> torch.Tensor:
+        """The device copy of the image's address, which blending reads."""
+        return self.inputs[self.view_floats * self.num_views + 4 :].view(torch.int64)
+
+    def set_image(self, image: torch.Tensor) -> None:
+        """Name the buffer this frame's RGB views go to (written with the other inputs)."""
+        self.inputs_np[self.view_floats * self.num_views + 4 :].view(np.int64)[0] = image.data_ptr()
 
     @property
     def tiles_per_view(self) -> int:
@@ -261,8 +272,8 @@ class CudaRasterizer:
     so that its end is seen at once while the core stays free for a server's encoders through
     the rest of the frame. A large value polls throughout: the least latency, a core per frame.
 
-    Outputs live in buffers reused by the next call of the same shape: ``render`` returns a
-    copy, as ``render_i420`` returns frames in fresh pinned memory.
+    Every call's output is the caller's: ``render`` renders into a fresh device tensor, and
+    ``render_i420`` returns frames in fresh pinned memory.
     """
 
     def __init__(
@@ -363,7 +374,7 @@ class CudaRasterizer:
             self._plans.move_to_end(key)
             return plan
         view_floats = self._ext.VIEW_FLOATS
-        inputs_host = torch.zeros(view_floats * v + 4, dtype=torch.float32, pin_memory=True)
+        inputs_host = torch.zeros(view_floats * v + 6, dtype=torch.float32, pin_memory=True)
         tiles = v * math.ceil(views.width / TILE_SIZE) * math.ceil(views.height / TILE_SIZE)
         plan = _Plan(
             packed=packed,
@@ -376,7 +387,6 @@ class CudaRasterizer:
             inputs_host=inputs_host,
             inputs_np=inputs_host.numpy(),
             inputs=torch.zeros_like(inputs_host, device=self.device),
-            image=torch.empty(v, views.height, views.width, 3, dtype=torch.uint8, device=self.device),
             ranges=torch.zeros(tiles, 2, dtype=torch.int32, device=self.device),
             order=torch.zeros(4, tiles, dtype=torch.int32, device=self.device),
             pair_slots=min(self.max_pairs, max(4 * v * n, 1 << 16)),
@@ -384,6 +394,7 @@ class CudaRasterizer:
         if views_per_frame is not None:
             layout, frames, total = frame_layout(views.width, views.height, views_per_frame)
             plan.layout = layout.to(self.device)
+            plan.image = self._image_for(plan)
             plan.i420 = torch.empty(total, dtype=torch.uint8, device=self.device)
             plan.frame_spans = frames
         self._plans[key] = plan
@@ -422,7 +433,7 @@ class CudaRasterizer:
         ext.order_tiles(self._temp, plan.ranges, *plan.order)
         ext.blend(
             plan.ranges, plan.order[3], self._pair_values_sorted, self._splats, entries, plan.background, plan.num_views,
-            plan.width, plan.height, plan.image, state, resume, final,
+            plan.width, plan.height, plan.image_slot, state, resume, final,
         )
 
     def _frame(self, packed: PackedCloud, plan: _Plan) -> None:
@@ -484,11 +495,14 @@ class CudaRasterizer:
             background = background.detach().cpu().numpy()
         plan.inputs_np[views_end : views_end + 3] = background
         with torch.cuda.device(self.device):
+            # RGB calls get a fresh image each call, which the graph writes through the inputs.
+            image = self._image_for(plan) if plan.i420 is None else plan.image
+            plan.set_image(image)
             self.passes = 1
             self._run(packed, plan)
             # Queued before the one wait: the count is checked after the copy, which a frame that
             # overflowed its pair slots (rare) repeats.
-            output = self._output(plan)
+            output = self._output(plan, image)
             total = self._finish(plan)
             if total > plan.pair_slots:
                 if total <= self.max_pairs:
@@ -497,7 +511,7 @@ class CudaRasterizer:
                     self._run(packed, plan)
                 else:
                     self._render_in_chunks(plan, total)
-                output = self._output(plan)
+                output = self._output(plan, image)
                 self._finish(plan)
                 plan.measured = True
             else:
@@ -518,14 +532,16 @@ class CudaRasterizer:
             plan.graph, plan.temp_checked = None, False
         plan.measured = True
 
-    def _output(self, plan: _Plan) -> torch.Tensor:
-        """Queue the copy of the frame the caller keeps: the I420 frames into fresh pinned memory
-        where the plan makes them, else the RGB image into a fresh device tensor."""
+    def _image_for(self, plan: _Plan) -> torch.Tensor:
+        return torch.empty(plan.num_views, plan.height, plan.width, 3, dtype=torch.uint8, device=self.device)
+
+    def _output(self, plan: _Plan, image: torch.Tensor) -> torch.Tensor:
+        """The frame the caller keeps: the I420 frames, whose copy into fresh pinned memory this
+        queues, where the plan makes them, else the RGB image the frame was rendered into."""
         if plan.i420 is None:
-            source, output = plan.image, torch.empty_like(plan.image)
-        else:
-            source, output = plan.i420, torch.empty(plan.i420.numel(), dtype=torch.uint8, pin_memory=True)
-        self._ext.copy(output, source)
+            return image
+        output = torch.empty(plan.i420.numel(), dtype=torch.uint8, pin_memory=True)
+        self._ext.copy(output, plan.i420)
         return output
 
     def _finish(self, plan: _Plan) -> int:

@@ -270,6 +270,18 @@ def test_i420_frames_belong_to_the_caller(rasterizers, generator):
     assert torch.equal(first, kept) and not torch.equal(first, second)
 
 
+
+def test_rgb_images_belong_to_the_caller_across_graph_replays(rasterizers, generator):
+    """Each replay of a captured frame writes into the image its call allocated (its address
+    travels with the inputs), never into an earlier call's."""
+    cloud, views = cloud_for(generator, 1000), random_views(generator, 1, 64, 48)
+    eager = cuda_rasterizer.CudaRasterizer(1 << 12, storage=torch.float16, graphs=False)
+    backgrounds = [(0.0, 0.0, 0.0), (1.0, 1.0, 1.0), background_for(generator)]
+    images = [rasterizers[torch.float16].render(cloud, views, b) for b in backgrounds]
+    assert len({image.data_ptr() for image in images}) == len(images)
+    for image, background in zip(images, backgrounds, strict=True):
+        assert torch.equal(image, eager.render(cloud, views, background))
+
 def test_i420_frames_of_a_regrown_frame_whether_the_host_spins_or_sleeps(generator):
     """A first frame that overflows its pair slots is rendered again, and the frames handed
     back are the second render's: the same as a warm rasterizer's, for a host that sleeps

@@ -269,7 +269,7 @@ private:
 
 void blend(const torch::Tensor& ranges, const c10::optional<torch::Tensor>& tile_order, const torch::Tensor& values,
            const torch::Tensor& splats, int64_t num_entries, const torch::Tensor& background, int64_t num_views, int64_t width, int64_t height,
-           const torch::Tensor& image, const c10::optional<torch::Tensor>& state, bool resume, bool final) {
+           const torch::Tensor& image_slot, const c10::optional<torch::Tensor>& state, bool resume, bool final) {
     const c10::cuda::CUDAGuard guard(ranges.device());
     const int64_t tiles = (width + TILE - 1) / TILE * ((height + TILE - 1) / TILE);
     check_buffer(ranges, torch::kInt32, 2 * num_views * tiles, "ranges");
@@ -277,7 +277,9 @@ void blend(const torch::Tensor& ranges, const c10::optional<torch::Tensor>& tile
     if (tile_order) check_buffer(*tile_order, torch::kInt32, num_views * tiles, "tile_order");
     check_buffer(splats, torch::kFloat32, 8 * num_entries, "splats");
     check_buffer(background, torch::kFloat32, 3, "background");
-    check_buffer(image, torch::kUInt8, num_views * height * width * 3, "image");
+    // The image's address, read by the kernel: the caller writes it with each frame's inputs and
+    // owns the (V, H, W, 3) buffer it names.
+    check_buffer(image_slot, torch::kInt64, 1, "image_slot");
     TORCH_CHECK(final || state.has_value(), "a chunk that is not final needs a state buffer");
     TORCH_CHECK(!resume || state.has_value(), "resuming needs a state buffer");
     if (state) check_buffer(*state, torch::kFloat32, 4 * num_views * height * width, "state");
@@ -291,7 +293,7 @@ void blend(const torch::Tensor& ranges, const c10::optional<torch::Tensor>& tile
     args.splats = ptr<const float4>(splats);
     args.num_entries = num_entries;
     args.background = ptr<const float>(background);
-    args.image = ptr<uint8_t>(image);
+    args.image_slot = ptr<uint8_t* const>(image_slot);
     args.state = state ? ptr<float4>(*state) : nullptr;
     args.resume = resume;
     args.final = final;

@@ -79,10 +79,10 @@ struct Pixel {
 
 // Blocks an SM that ptxas must fit, so registers a thread: blending is latency-bound (shared
 // loads, exp2, each pixel's compositing chain), so more resident warps hide more of it. Left
-// unbounded, ptxas takes 64 registers (16 blocks an SM); 20 blocks, 48 registers, measured best
-// of 16, 20 and 24 (kernels/NOTES.md, v20).
+// unbounded, ptxas takes 64 registers (16 blocks an SM); 18 blocks measured best of 16 to 24,
+// on the H200 and the H100 (kernels/NOTES.md, v20 and v21).
 #ifndef BLEND_MIN_BLOCKS
-#define BLEND_MIN_BLOCKS 20
+#define BLEND_MIN_BLOCKS 18
 #endif
 
 __global__ void __launch_bounds__(THREADS, BLEND_MIN_BLOCKS) blend_kernel(BlendArgs args) {
@@ -193,7 +193,7 @@ __global__ void __launch_bounds__(THREADS, BLEND_MIN_BLOCKS) blend_kernel(BlendA
     const float t = pixel.transmittance;
     const float rgb[3] = {pixel.colour.x + t * args.background[0], pixel.colour.y + t * args.background[1],
                           pixel.colour.z + t * args.background[2]};
-    uint8_t* out = args.image + 3 * pixel_index;
+    uint8_t* out = *args.image_slot + 3 * pixel_index;
 #pragma unroll
     for (int ch = 0; ch < 3; ++ch) out[ch] = static_cast<uint8_t>(fminf(fmaxf(rgb[ch] * 255.0f + 0.5f, 0.0f), 255.0f));
 }

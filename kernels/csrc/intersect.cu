@@ -6,10 +6,6 @@
 // order within and across chunks (see cuda_rasterizer.py).
 #include "rasterizer.h"
 
-#ifndef EMIT_FLAT
-#define EMIT_FLAT 0
-#endif
-
 namespace splatcast {
 
 namespace {
@@ -57,66 +53,6 @@ __global__ void emit_pairs_kernel(EmitArgs args) {
     }
 }
 
-#if EMIT_FLAT
-// One warp lists the pairs of 32 consecutive entries, whose pairs are one contiguous range of the
-// depth-ordered sequence: lane l takes pairs l, l + 32, ... of that range, finds the entry and the
-// tile each is (the entry's rows walked as emission above walks them), and writes it. Every lane
-// stays busy however unevenly the entries' tile counts fall, and a warp's stores are coalesced.
-template <typename Key>
-__global__ void emit_pairs_flat_kernel(EmitArgs args) {
-    constexpr unsigned FULL_MASK = 0xffffffffu;
-    const int lane = threadIdx.x % 32;
-    const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x - lane;
-    if (first >= args.num_entries) return;  // the whole warp
-    const int64_t last = min(first + 32, args.num_entries) - 1;
-    const int64_t i = min(first + lane, last + 1);
-    // Lanes past the last entry hold an empty range at its end.
-    const int64_t begin = i == 0 ? 0 : args.ends[i - 1];
-    const int64_t end = i > last ? begin : args.ends[i];
-    const int64_t window_end = args.base + args.capacity;
-    const int64_t from = max(__shfl_sync(FULL_MASK, begin, 0), args.base);
-    const int64_t to = min(__shfl_sync(FULL_MASK, end, 31), window_end);
-
-    const int tiles_x = tiles_along(args.width), tiles_y = tiles_along(args.height);
-    Key* pair_keys = static_cast<Key*>(args.pair_keys);
-    const bool masks = values_carry_masks(args.num_entries);
-    for (int64_t chunk = from; chunk < to; chunk += 32) {
-        const int64_t k = chunk + lane;
-        // The pair's entry: the first lane whose range ends after k.
-        int owner = 0;
-#pragma unroll
-        for (int step = 16; step > 0; step /= 2)
-            if (__shfl_sync(FULL_MASK, end, owner + step - 1) <= k) owner += step;
-        const int64_t owner_begin = __shfl_sync(FULL_MASK, begin, owner);
-        if (k >= to) continue;
-
-        const uint32_t entry = args.entries_sorted[first + owner];
-        const uint32_t view_key = (entry / args.num_gaussians) * static_cast<uint32_t>(tiles_x * tiles_y);
-        const float4 a = args.splats[2 * static_cast<int64_t>(entry)];
-        const Footprint f(a, args.splats[2 * static_cast<int64_t>(entry) + 1]);
-        int row_begin, row_end, col_begin = 0, col_end = 0;
-        footprint_rows(a.y, f, tiles_y, row_begin, row_end);
-        int64_t rest = k - owner_begin;
-        int ty = row_begin;
-        for (; ty < row_end; ++ty) {
-            footprint_cols(a.x, a.y, f, ty, tiles_x, col_begin, col_end);
-            if (rest < col_end - col_begin) break;
-            rest -= col_end - col_begin;
-        }
-        if (ty == row_end) continue;  // never: preprocess counted these same rows
-        const int tx = col_begin + static_cast<int>(rest);
-        pair_keys[k - args.base] = static_cast<Key>(view_key + ty * tiles_x + tx);
-        uint32_t mask = 0u;
-        if (masks) {
-            constexpr int BANDS = TILE / WARP_ROWS;
-            float left[BANDS], right[BANDS];
-            band_extents<BANDS>(a.x, a.y, f, ty * TILE + 0.5f, left, right);
-            mask = rectangles_met<BANDS, TILE / WARP_COLUMNS>(left, right, tx * TILE + 0.5f);
-        }
-        args.pair_values[k - args.base] = mask << ENTRY_BITS | entry;
-    }
-}
-#endif
 
 template <typename Key>
 __global__ void tile_ranges_kernel(int64_t num_pairs, uint32_t num_tile_keys, const Key* __restrict__ keys,
@@ -147,17 +83,10 @@ inline unsigned blocks_for(int64_t n, int threads) { return static_cast<unsigned
 cudaError_t launch_emit_pairs(const EmitArgs& args, cudaStream_t stream) {
     if (args.num_entries == 0 || args.capacity == 0) return cudaSuccess;
     const unsigned blocks = blocks_for(args.num_entries, 256);
-#if EMIT_FLAT
-    if (args.short_keys)
-        emit_pairs_flat_kernel<uint16_t><<<blocks, 256, 0, stream>>>(args);
-    else
-        emit_pairs_flat_kernel<uint32_t><<<blocks, 256, 0, stream>>>(args);
-#else
     if (args.short_keys)
         emit_pairs_kernel<uint16_t><<<blocks, 256, 0, stream>>>(args);
     else
         emit_pairs_kernel<uint32_t><<<blocks, 256, 0, stream>>>(args);
-#endif
     return cudaGetLastError();
 }
 

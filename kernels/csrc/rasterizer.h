@@ -64,7 +64,7 @@ struct BlendArgs {
     const uint32_t* values;
     const float4* splats;
     const float* background;  // 3 floats on the device
-    uint8_t* image;           // (V, H, W, 3), written when final
+    uint8_t* const* image_slot;  // device memory holding the (V, H, W, 3) image's address, written when final
     float4* state;            // (V, H, W) colour and +-transmittance between chunks, or nullptr
     bool resume;              // start from state instead of an empty pixel
     bool final;               // write image (else state)
