@@ -4,6 +4,8 @@
 # sessions with server and viewers sharing the server's CPUs (the layout of the usual sweep).
 #
 #   device run, carry [".whl-stream"]:
+#   (../shared/device/wheels.sh stream, then pyee==13.0.1 and cryptography==50.0.2 in place of the newer
+#   ones it fetches: with pyee 16.1.0 and cryptography 51.0.1 the viewer processes exited before connecting)
 #   SPLATCAST_COMMIT=<sha> bash benchmarks/run_sessions_split_gpu.sh
 #
 # SERVER_CPUS (default 16, which needs a host of 32 CPUs such as nvidia-h200-x2; 8 on a 16-CPU

@@ -2,6 +2,8 @@
 # Latency and session-sweep benchmarks on the GPU machine in one call (issue: real-time at scale).
 #
 #   device run, carry [".whl-stream"] (av, aiortc, aiohttp ... for Python 3.12):
+#   (../shared/device/wheels.sh stream, then pyee==13.0.1 and cryptography==50.0.2 in place of the newer
+#   ones it fetches: with pyee 16.1.0 and cryptography 51.0.1 the viewer processes exited before connecting)
 #   bash benchmarks/run_streaming_gpu.sh
 #
 # The session sweep runs with one server process and sharded over min(cores / 2, 8) workers
