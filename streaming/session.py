@@ -46,9 +46,14 @@ class Session:
     bad_poses: int = 0
     stale_poses: int = 0
     flooded_poses: int = 0
-    _pose_allowance: float = 0.0
+    _pose_allowance: float = field(init=False)
     _allowance_at: float = field(default_factory=time.monotonic)
     _last_shown_seq: int = -1
+
+    def __post_init__(self) -> None:
+        # The bucket starts full: a client's first poses, sent the moment the channel opens, are
+        # never counted as a flood.
+        self._pose_allowance = self.max_pose_rate
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()

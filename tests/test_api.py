@@ -2,10 +2,12 @@
 
 import asyncio
 import io
+import logging
 import time
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from splatcast.engine.formats import load_asset, save_asset
@@ -277,9 +279,6 @@ async def test_photo_without_a_person_fails_with_a_reason(tmp_path):
 
 
 async def test_tokens_never_reach_the_access_log(tmp_path, caplog):
-    import logging
-
-    from aiohttp import web
 
     from splatcast.streaming.server import AccessLogger
 

@@ -7,6 +7,10 @@ through F.scaled_dot_product_attention.
 """
 
 import importlib.util
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -228,7 +232,6 @@ def test_a_package_that_cannot_load_is_refused_with_the_reason(tmp_path):
 def test_a_refused_one_layer_package_spares_compiling_the_graph(tmp_path):
     """Where even the one-layer probe package was refused, the graph's own package (minutes of
     compiling for the UNet) is not built: its entry records the refusal at once."""
-    import json
 
     from splatcast.export.cache import EngineKey
     from splatcast.export.torch_engine import PACKAGE, REFUSED, build_package, probe_graph
@@ -268,7 +271,6 @@ def test_a_check_that_times_out_is_not_recorded_and_runs_again_next_start(tmp_pa
 def refuse_package(cache_root, graph) -> str:
     """A cache entry that records a refused package (see ``torch_engine.REFUSED``), as the GPU
     image whose AOTInductor loader crashes leaves one; returns the reason recorded."""
-    import json
 
     from splatcast.export.cache import EngineKey, state_dict_digest
     from splatcast.export.torch_engine import REFUSED
@@ -302,10 +304,6 @@ def test_a_refused_package_falls_back_to_torch_compile_with_cached_artifacts(tmp
     empty Inductor cache of its own) compiles from those artifacts (FX graph cache hits, no
     misses). A truncated artifact file is rebuilt, never loaded. Outputs match the module
     (FP32: relative error <= 1e-5, Inductor reorders floating-point sums)."""
-    import json
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
 
     from splatcast.export.torch_engine import INDUCTOR_ARTIFACTS, build_torch_engine
