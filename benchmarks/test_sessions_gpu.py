@@ -75,10 +75,15 @@ def pin_viewer() -> None:
     os.sched_setaffinity(0, VIEWER_CPU_SET)
 
 
-async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, list]:
-    """The server's /metrics (a sharded front's covers every worker): sample name -> samples."""
+async def scrape(http: aiohttp.ClientSession, url: str) -> tuple[float, dict[str, list]]:
+    """The server's /metrics (a sharded front's covers every worker): when its counters were read
+    (the request's midpoint, so that the time to fetch and parse 32 sessions' samples on a busy
+    host is not counted as time that frames were sent in), and sample name -> samples."""
+    sent_at = time.monotonic()
     async with http.get(f"{url}/metrics") as response:
-        return samples_of(await response.text())
+        exposition = await response.text()
+    read_at = (sent_at + time.monotonic()) / 2
+    return read_at, samples_of(exposition)
 
 
 def samples_of(exposition: str) -> dict[str, list]:
@@ -145,19 +150,20 @@ def test_concurrent_720p60_sessions(benchmark, workers, sessions):
             ]
             connect_by = time.monotonic() + max(30.0, VIEWER_SECONDS)
             while time.monotonic() < connect_by:  # every viewer connected and streaming
-                before = await scrape(http, url)
+                before_at, before = await scrape(http, url)
                 sent = frames_per_session(before)
                 if len(sent) == sessions and all(n > 30 for n in sent.values()):
                     break
                 await asyncio.sleep(0.1)
             viewer_pids = [v.pid for v in viewers]
-            cpu, viewer_cpu, wall = server_cpu_seconds(worker_pids), cpu_seconds(viewer_pids), time.monotonic()
+            cpu, viewer_cpu, cpu_at = server_cpu_seconds(worker_pids), cpu_seconds(viewer_pids), time.monotonic()
             await asyncio.sleep(WINDOW_SECONDS)
-            after = await scrape(http, url)
-            wall = time.monotonic() - wall
+            after_at, after = await scrape(http, url)
+            wall = after_at - before_at
             streaming_through = sum(v.returncode is None for v in viewers)  # none left before the window closed
-            cpu_use = (server_cpu_seconds(worker_pids) - cpu) / wall
-            viewer_cpu_use = (cpu_seconds(viewer_pids) - viewer_cpu) / wall
+            cpu_now, viewer_cpu_now, cpu_wall = server_cpu_seconds(worker_pids), cpu_seconds(viewer_pids), time.monotonic() - cpu_at
+            cpu_use = (cpu_now - cpu) / cpu_wall
+            viewer_cpu_use = (viewer_cpu_now - viewer_cpu) / cpu_wall
             now = frames_per_session(after)
             fps = [(now[key] - n) / wall for key, n in sent.items() if key in now]
             renders = total(after, "splatcast_render_seconds_count") - total(before, "splatcast_render_seconds_count")
