@@ -51,4 +51,4 @@ timeout 200 python3 benchmarks/profile_rasterizer_gpu.py "$OUT/profile.json" 2>&
 
 device=$(python3 -c "import torch; print(torch.cuda.get_device_name().split()[1].lower())")
 python3 benchmarks/summarize_rasterizer.py "$OUT" "$OUT/rasterizer-$device.json"
-python3 benchmarks/plot_rasterizer.py "$OUT/rasterizer-$device.json"
+python3 benchmarks/plot_results.py "$OUT/rasterizer-$device.json"

@@ -23,7 +23,7 @@ echo "kernels built in $((SECONDS - start)) s" | tee -a "$OUT/run.log"
 device=$(python3 -c "import torch; print(torch.cuda.get_device_name().split()[1].lower())")
 timeout 200 python3 -m pytest benchmarks/test_latency_gpu.py -q -p no:cacheprovider --benchmark-json="$OUT/latency-$device.json" 2>&1 | tail -15 | tee -a "$OUT/run.log"
 timeout ${SWEEP_TIMEOUT:-300} python3 -m pytest benchmarks/test_sessions_gpu.py -q -p no:cacheprovider -x --benchmark-json="$OUT/sessions-$device.json" 2>&1 | tail -15 | tee -a "$OUT/run.log"
-[ -f "$OUT/sessions-$device.json" ] && python3 benchmarks/plot_sessions.py "$OUT/sessions-$device.json"
+[ -f "$OUT/sessions-$device.json" ] && python3 benchmarks/plot_results.py "$OUT/sessions-$device.json"
 python3 - "$OUT" <<'PY'
 import json, sys, pathlib
 for path in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):

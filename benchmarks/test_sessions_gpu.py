@@ -11,7 +11,7 @@ host's cores go to the server): delivered fps per session (server side, min and 
 each viewer received), viewers' pose -> received latency, the server's pose -> encoded p50 and p99 and its encode p99 over the measuring window (upper edges of
 their histogram buckets), GPU time per
 render call, and the CPU use of the server processes and of the viewers (which share the host), all read from the server's ``/metrics``. Plot with
-``python benchmarks/plot_sessions.py benchmarks/results/sessions-<device>.json``.
+``python benchmarks/plot_results.py benchmarks/results/sessions-<device>.json``.
 
     python -m pytest benchmarks/test_sessions_gpu.py --benchmark-json=benchmarks/results/sessions-<device>.json
 """

@@ -1,4 +1,4 @@
-"""The benchmark plots draw the committed results files (their schema is what the GPU scripts write)."""
+"""plot_results.py draws the committed results files (their schema is what the GPU scripts write)."""
 
 import shutil
 import subprocess
@@ -12,17 +12,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-@pytest.mark.parametrize(
-    "script, results",
-    [
-        ("plot_rasterizer.py", "rasterizer-h100-ce1c61d.json"),
-        ("plot_sessions.py", "sessions-h200-bdfcf86.json"),
-    ],
-)
-def test_plot_scripts_draw_committed_results(tmp_path, script, results):
+@pytest.mark.parametrize("results", ["rasterizer-h100-ce1c61d.json", "sessions-h200-bdfcf86.json"])
+def test_plots_draw_committed_results(tmp_path, results):
     source = tmp_path / results
     shutil.copy(RESULTS / results, source)
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), str(source)], check=True, capture_output=True)
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plot_results.py"), str(source)], check=True, capture_output=True)
     image = matplotlib.image.imread(source.with_suffix(".png"))
     height, width = image.shape[:2]
     assert width > 1000 and height > 400

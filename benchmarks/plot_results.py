@@ -1,7 +1,7 @@
-"""Plot a rasterizer results file (summarize_rasterizer.py's JSON) to a PNG beside it: each case's
-call against gsplat's and the target, and where the GPU share of an RGB frame goes.
+"""Plot a results file from benchmarks/results to a PNG beside it: a session sweep
+(test_sessions_gpu.py's pytest-benchmark JSON) or a rasterizer run (summarize_rasterizer.py's).
 
-    python benchmarks/plot_rasterizer.py benchmarks/results/rasterizer-<device>-<commit>.json
+    python benchmarks/plot_results.py benchmarks/results/<file>.json
 """
 
 import json
@@ -35,8 +35,35 @@ def stage_times_ms(kernels_us: dict[str, float]) -> dict[str, float]:
     return times
 
 
-def main(path: str) -> None:
-    data = json.loads(Path(path).read_text())
+def plot_sessions(data: dict) -> tuple[plt.Figure, str]:
+    """Delivered fps, latency and GPU time per tick against the number of sessions."""
+    rows = [b["extra_info"] for b in data["benchmarks"] if "sessions" in b["extra_info"]]
+    fig, (fps_ax, ms_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for workers in sorted({r.get("workers", 1) for r in rows}):
+        layout = sorted((r for r in rows if r.get("workers", 1) == workers), key=lambda r: r["sessions"])
+        n = [r["sessions"] for r in layout]
+        tag = "1 process" if workers == 1 else f"{workers} workers"
+        arrived = "decoded" if layout[0].get("viewers_decode", True) else "received"  # runs before the flag decoded
+        fps_ax.plot(n, [r["server_fps_median"] for r in layout], "o-", label=f"{tag}: server, median session")
+        fps_ax.plot(n, [r["server_fps_min"] for r in layout], "o--", label=f"{tag}: server, slowest session")
+        fps_ax.plot(n, [r["viewer_fps_median"] for r in layout], "s:", label=f"{tag}: viewers {arrived}, median")
+        ms_ax.plot(n, [r["server_pose_to_encoded_ms_p99_at_most"] for r in layout], "o-", label=f"{tag}: server pose->encoded p99 (bucket edge)")
+        ms_ax.plot(n, [r["render_ms_per_tick_mean"] for r in layout], "o--", label=f"{tag}: render per tick, mean")
+        ms_ax.plot(n, [r["viewer_latency_ms_p50_median"] for r in layout], "s:", label=f"{tag}: viewer pose->{arrived} p50")
+    n = sorted({r["sessions"] for r in rows})
+    fps_ax.axhline(58, color="grey", lw=0.8)
+    fps_ax.set(xscale="log", xlabel="concurrent 720p60 sessions", ylabel="frames per second", title="Delivered frame rate")
+    fps_ax.set_xticks(n, [str(v) for v in n])
+    fps_ax.legend(fontsize="small")
+    ms_ax.set(xscale="log", yscale="log", xlabel="concurrent 720p60 sessions", ylabel="ms", title="Latency and GPU time")
+    ms_ax.set_xticks(n, [str(v) for v in n])
+    ms_ax.legend(fontsize="small")
+    commit = data["machine_info"].get("splatcast_commit") or data["commit_info"].get("id", "")
+    return fig, f"{data['machine_info'].get('device', '')}  {commit[:8]}"
+
+
+def plot_rasterizer(data: dict) -> tuple[plt.Figure, str]:
+    """Each case's call beside gsplat's and the target, and the GPU kernels of a frame by stage."""
     cases = list(data["cases"])
     fig, (call_ax, stage_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
 
@@ -71,7 +98,13 @@ def main(path: str) -> None:
     stage_ax.set(ylabel="ms of GPU kernels per frame", title="GPU share of an RGB frame (graph replay, profiled)")
     stage_ax.legend(fontsize="small")
 
-    fig.suptitle(f"{data['machine']}  {data['commit']}  {data['date'][:10]}")
+    return fig, f"{data['machine']}  {data['commit']}  {data['date'][:10]}"
+
+
+def main(path: str) -> None:
+    data = json.loads(Path(path).read_text())
+    fig, title = (plot_rasterizer if "cases" in data else plot_sessions)(data)
+    fig.suptitle(title)
     fig.tight_layout()
     out = Path(path).with_suffix(".png")
     fig.savefig(out, dpi=120)
