@@ -29,6 +29,6 @@ import json, sys, pathlib
 for path in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
     for b in json.loads(path.read_text())["benchmarks"]:
         e = b["extra_info"]
-        keep = {k: (v["p50"], v["p99"]) if isinstance(v, dict) else v for k, v in e.items() if k in ("total_ms", "render_ms", "encode_ms", "latency_ms_p50", "latency_ms_p50_without_receiver_hold", "sessions", "workers", "server_fps_min", "server_fps_median", "viewer_fps_median", "server_pose_to_encoded_ms_p50_at_most", "server_pose_to_encoded_ms_p99_at_most", "encode_ms_p99_at_most", "render_ms_per_tick_mean", "server_cpu_cores_busy")}
+        keep = {k: (v["p50"], v["p99"]) if isinstance(v, dict) else v for k, v in e.items() if k in ("total_ms", "render_ms", "encode_ms", "latency_ms_p50", "latency_ms_p99", "release", "sessions", "workers", "server_fps_min", "server_fps_median", "viewer_fps_median", "server_pose_to_encoded_ms_p50_at_most", "server_pose_to_encoded_ms_p99_at_most", "encode_ms_p99_at_most", "render_ms_per_tick_mean", "server_cpu_cores_busy")}
         print(b["name"], keep)
 PY

@@ -1,6 +1,7 @@
 """A Python viewer: connects through ``/offer``, sends poses, and pairs each decoded frame with the
 pose it shows (through the frame messages' ``pts``). Tests and latency benchmarks drive the
-server with it exactly as a browser would."""
+server with it exactly as a browser would; like a browser, it decodes each frame as soon as its
+last packet is in (``jitterbuffer``), unless told to wait as aiortc's receiver does."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessi
 from aiortc.codecs.base import Decoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import VIDEO_TIME_BASE
+
+from .jitterbuffer import release_frames_on_marker
 
 # Poses are built in plain Python, as a browser builds them: a viewer is a client, and importing
 # torch (engine.cameras) took ~3 s of CPU a process, which 32 viewers starting on 4 CPUs could
@@ -110,11 +113,15 @@ class ViewerReport:
 
 
 class Viewer:
-    def __init__(self, video_codecs: tuple[str, ...] | None = None) -> None:
-        """``video_codecs``: offer only these mime types (e.g. ("video/VP8",)); default: all."""
+    def __init__(self, video_codecs: tuple[str, ...] | None = None, aiortc_release: bool = False) -> None:
+        """``video_codecs``: offer only these mime types (e.g. ("video/VP8",)); default: all.
+        ``aiortc_release``: release frames as aiortc's receiver does, when the next frame's first
+        packet arrives (one frame interval later), instead of at their own last packet."""
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.channel = self.pc.createDataChannel("pose", ordered=False, maxRetransmits=0)
         transceiver = self.pc.addTransceiver("video", direction="recvonly")
+        if not aiortc_release:
+            release_frames_on_marker(transceiver.receiver)
         if video_codecs is not None:
             wanted = {c.lower() for c in video_codecs}
             capabilities = RTCRtpReceiver.getCapabilities("video").codecs
@@ -213,7 +220,7 @@ class Viewer:
 async def _run(args: argparse.Namespace) -> dict:
     async with aiohttp.ClientSession() as http, http.get(f"{args.url}/scene") as response:
         scene = await response.json()
-    viewer = Viewer()
+    viewer = Viewer(aiortc_release=args.aiortc_release)
     try:
         await viewer.connect(args.url)
         report = await viewer.orbit(scene, args.seconds, args.width, args.height, 2 if args.stereo else 1, args.pose_hz)
@@ -230,6 +237,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--stereo", action="store_true")
     parser.add_argument("--pose-hz", type=float, default=60.0)
+    parser.add_argument("--aiortc-release", action="store_true", help="release frames as aiortc does, when the next frame's first packet arrives")
     parser.add_argument("--no-decode", action="store_true", help="count and pair frames as they are reassembled, without decoding them (a load generator)")
     args = parser.parse_args()
     if args.no_decode:
