@@ -7,14 +7,14 @@ import random
 import av
 import numpy as np
 import pytest
-from aiortc import RTCPeerConnection
 from aiortc.codecs import depayload
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from splatcast.streaming.jitterbuffer import MarkerJitterBuffer, release_frames_on_marker
+from splatcast.streaming.jitterbuffer import MarkerJitterBuffer
+from splatcast.streaming.viewer import Viewer
 
 H264 = RTCRtpCodecParameters(mimeType="video/H264", clockRate=90_000, payloadType=102)
 WIDTH, HEIGHT = 640, 360
@@ -103,8 +103,11 @@ def test_frames_of_a_sender_that_marks_nothing_end_where_the_next_frame_starts()
     assert buffer.add(second[0])[1].data == frame_bytes(first)
 
 
-def test_a_viewer_receiver_gets_the_marker_buffer():
-    pc = RTCPeerConnection()
-    receiver = pc.addTransceiver("video", direction="recvonly").receiver
-    release_frames_on_marker(receiver)
-    assert isinstance(receiver._RTCRtpReceiver__jitter_buffer, MarkerJitterBuffer)
+@pytest.mark.parametrize("aiortc_release, buffer_type", [(False, MarkerJitterBuffer), (True, JitterBuffer)])
+async def test_the_viewer_chooses_its_receivers_buffer(aiortc_release, buffer_type):
+    viewer = Viewer(aiortc_release=aiortc_release)
+    try:
+        receiver = viewer.pc.getTransceivers()[0].receiver
+        assert type(receiver._RTCRtpReceiver__jitter_buffer) is buffer_type
+    finally:
+        await viewer.close()

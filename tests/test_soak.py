@@ -1,6 +1,6 @@
-"""Soak: 300 connect / stream / disconnect cycles against one server, a third of the clients
-vanishing without a goodbye. Afterwards: no live session, and no growth in open file
-descriptors (<= 16), threads (<= 8) or resident memory (<= 150 MB) beyond warm-up."""
+"""Soak: 300 connect / stream / disconnect cycles against one server after 100 of warm-up, a
+third of the clients vanishing without a goodbye. Afterwards: no live session, and no growth in
+open file descriptors (<= 16), threads (<= 8) or resident memory (<= 150 MB) beyond warm-up."""
 
 import asyncio
 import os
@@ -16,6 +16,10 @@ from .test_streaming import figure_cloud, wait_for
 
 CYCLES = 300
 CONCURRENCY = 6
+WARM_UP_CYCLES = 100
+"""Before the counts are taken: the process's native heaps (libx264's, OpenSSL's, one malloc arena
+per thread) grow over the first cycles and level off (measured: +139 MB over 300 cycles after 6,
++46 MB over the next 600; no Python object of a session outlives it)."""
 
 
 def open_fds() -> int:
@@ -42,17 +46,17 @@ async def test_soak_cycles_leave_no_session_and_leak_nothing():
     srv = server.app[SERVER_KEY]
     url = str(server.make_url("")).rstrip("/")
     try:
-        await asyncio.gather(*(one_cycle(url, i) for i in range(CONCURRENCY)))  # warm-up
-        assert await wait_for(lambda: len(srv.sessions) == 0, 20)
-        fds, threads, memory = open_fds(), threading.active_count(), resident_mb()
-
         semaphore = asyncio.Semaphore(CONCURRENCY)
 
         async def limited(i: int) -> None:
             async with semaphore:
                 await one_cycle(url, i)
 
-        await asyncio.gather(*(limited(i) for i in range(CYCLES)))
+        await asyncio.gather(*(limited(i) for i in range(WARM_UP_CYCLES)))
+        assert await wait_for(lambda: len(srv.sessions) == 0, 20)
+        fds, threads, memory = open_fds(), threading.active_count(), resident_mb()
+
+        await asyncio.gather(*(limited(i) for i in range(WARM_UP_CYCLES, WARM_UP_CYCLES + CYCLES)))
         assert await wait_for(lambda: len(srv.sessions) == 0, config.idle_timeout + 10), f"{len(srv.sessions)} sessions left"
         await asyncio.sleep(1.0)  # let closing transports release their sockets
         assert open_fds() - fds <= 16, f"file descriptors {fds} -> {open_fds()}"
