@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..config import usable_cpu_count
 from .graphs import Graph
 
 MANIFEST = "manifest.json"
@@ -37,13 +39,23 @@ are run in a child process before they are kept (entries of 1 were loaded unchec
 
 
 def state_dict_digest(module: nn.Module) -> str:
-    """SHA-256 of a module's weights: every state-dict entry's name, dtype, shape and bytes."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        tensor = tensor.detach().contiguous().cpu()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
+    """SHA-256 over every state-dict entry's name, dtype, shape and the SHA-256 of its bytes.
+
+    The entries are copied to the host and hashed side by side on a thread pool (hashlib and the
+    copies release the GIL): one SHA-256 stream over the full UNet's FP32 weights took 10 s of a
+    31 s cached start on the H200 host.
+    """
+    entries = sorted(module.state_dict().items())
+    summary = hashlib.sha256()
+    with ThreadPoolExecutor(usable_cpu_count()) as pool:
+        for (name, tensor), digest in zip(entries, pool.map(_tensor_digest, (t for _, t in entries))):
+            summary.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:{digest};".encode())
+    return summary.hexdigest()
+
+
+def _tensor_digest(tensor: torch.Tensor) -> str:
+    data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8)
+    return hashlib.sha256(data.numpy()).hexdigest()
 
 
 def device_identity(device: torch.device | str) -> tuple[str, str]:

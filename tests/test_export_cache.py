@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from splatcast.export import cache as cache_module
 from splatcast.export.cache import MANIFEST, EngineCache, EngineKey, state_dict_digest
 from splatcast.export.graphs import Graph
 
@@ -140,6 +141,12 @@ def test_weights_digest_follows_every_weight(graph):
         changed[2].bias[1] += 1e-6
     assert state_dict_digest(changed) != digest
     assert state_dict_digest(changed.half()) != digest, "dtype is part of the digest"
+
+
+def test_weights_digest_does_not_depend_on_the_thread_count(graph, monkeypatch):
+    digest = state_dict_digest(graph.module)
+    monkeypatch.setattr(cache_module, "usable_cpu_count", lambda: 1)
+    assert state_dict_digest(graph.module) == digest
 
 
 def test_failed_build_leaves_nothing(graph, cache):
