@@ -6,6 +6,12 @@ process such a failure costs one avatar ("the reconstruction process died") inst
 server and every session it streams, and a fresh child takes the next job. A job's progress (its
 current stage) is written to the avatar's metadata as it goes, so that ``GET /avatars/{id}``
 shows it and a restart knows what was in flight.
+
+The child outlives its job: starting one (a spawned interpreter importing torch) and loading the
+learned pipeline's weights and engines take longer than a reconstruction, so one child serves
+jobs until it has served ``jobs_per_child`` (which bounds what native code may leak), has had
+none for ``idle_seconds`` (which gives its memory, GPU memory included, back), or failed one with
+an error of its own (whose state is not trusted further). A photo's own fault keeps the child.
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ Reconstruct = Callable[[Path, Callable[[str], None]], GaussianCloud]
 in the child process, so it must pickle: a module-level function or a ``functools.partial`` of one."""
 
 _SPAWN = multiprocessing.get_context("spawn")  # never fork a process that holds CUDA and threads
+JOBS_PER_CHILD = 50
+IDLE_SECONDS = 600.0
+STOP_GRACE_SECONDS = 10.0
+"""How long a retired child (its pipe closed) may take to exit before it is killed."""
 
 
 class QueueFull(RuntimeError):
@@ -50,14 +60,25 @@ def reconstruct_uploaded_photo(photo: Path, report: Callable[[str], None], **opt
 
 
 class ReconstructionQueue:
-    def __init__(self, store: AvatarStore, reconstruct: Reconstruct, on_ready: Callable[[str, GaussianCloud], None], max_pending: int = 8) -> None:
+    def __init__(
+        self,
+        store: AvatarStore,
+        reconstruct: Reconstruct,
+        on_ready: Callable[[str, GaussianCloud], None],
+        max_pending: int = 8,
+        jobs_per_child: int = JOBS_PER_CHILD,
+        idle_seconds: float = IDLE_SECONDS,
+    ) -> None:
         self.store = store
         self.reconstruct = reconstruct
         self.on_ready = on_ready
         self.max_pending = max_pending
+        self.jobs_per_child = jobs_per_child
+        self.idle_seconds = idle_seconds
         self._pending: asyncio.Queue[AvatarRecord] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
-        self._child: multiprocessing.process.BaseProcess | None = None
+        self._child: _Child | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     def check_room(self) -> None:
         if self._pending.qsize() >= self.max_pending:
@@ -66,16 +87,27 @@ class ReconstructionQueue:
     def submit(self, record: AvatarRecord) -> None:
         self.check_room()
         self._pending.put_nowait(record)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work(), name="splatcast-reconstruct")
+
+    @property
+    def child_pid(self) -> int | None:
+        """The reconstruction process waiting for or running a job; None when there is none."""
+        return self._child.process.pid if self._child is not None else None
 
     def shutdown(self) -> None:
         """Stop now: a job in flight is killed (its avatar stays "running", and the store's
         recovery queues it again at the next start) rather than waited for."""
         if self._worker is not None:
             self._worker.cancel()
-        if self._child is not None and self._child.is_alive():
-            self._child.kill()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        if self._child is not None:
+            self._child.kill_now()
+            self._child = None
 
     async def _work(self) -> None:
         while not self._pending.empty():
@@ -95,53 +127,102 @@ class ReconstructionQueue:
                 self.store.fail(record, f"internal error: {type(error).__name__}")
             else:
                 self.on_ready(record.id, cloud)
+        if self._child is not None:
+            self._idle_timer = asyncio.get_running_loop().call_later(self.idle_seconds, self._retire_idle_child)
 
     async def _reconstruct_in_child(self, record: AvatarRecord) -> GaussianCloud:
-        """One job in a fresh process, its stages written to ``record`` as they come."""
-        receiving, sending = _SPAWN.Pipe(duplex=False)
-        child = self._child = _SPAWN.Process(
-            target=_child_main, args=(self.reconstruct, self.store.source_path(record), sending), name="splatcast-reconstruct", daemon=True
-        )
-        child.start()
-        sending.close()  # the child holds the only writer: its end, or its death, is the pipe's EOF
+        """One job in the waiting child (or a fresh one), its stages written to ``record`` as they come."""
+        if self._child is None or not self._child.process.is_alive():  # none yet, or it died idle
+            self._child = _Child.start(self.reconstruct)
+        child = self._child
+        child.jobs += 1
+        healthy = False
         try:
+            child.connection.send(self.store.source_path(record))
             while True:
-                kind, value = await _receive(receiving, child)
+                kind, value = await child.receive()
                 if kind == "stage":
                     record.stage = value
                     self.store.put(record)
                 elif kind == "done":
+                    healthy = True
                     return GaussianCloud(*(torch.from_numpy(array) for array in value))
                 elif kind == "bad photo":
+                    healthy = True
                     raise ValueError(value)
                 else:
                     raise ReconstructionFailed(value)
         finally:
-            if child.is_alive():  # cancelled mid-job
-                child.kill()
-            await asyncio.to_thread(child.join)
-            receiving.close()
+            if not healthy:  # dead, failed, or cancelled mid-job
+                self._child = None
+                await child.kill()
+            elif child.jobs >= self.jobs_per_child:
+                self._child = None
+                child.retire()
+
+    def _retire_idle_child(self) -> None:
+        self._idle_timer = None
+        if self._child is not None and (self._worker is None or self._worker.done()):
+            self._child.retire()
             self._child = None
 
 
-async def _receive(receiving: Connection, child: multiprocessing.process.BaseProcess) -> tuple[str, object]:
-    """The child's next message, read on a thread: the wait is the job's length, and an avatar's
-    arrays are megabytes, too long a read for the event loop."""
-    try:
-        return await asyncio.to_thread(receiving.recv)
-    except EOFError:
-        await asyncio.to_thread(child.join)
-        raise ReconstructionFailed(f"the reconstruction process died (exit code {child.exitcode})") from None
+class _Child:
+    """A reconstruction process and the parent's end of its pipe."""
+
+    def __init__(self, process: multiprocessing.process.BaseProcess, connection: Connection) -> None:
+        self.process = process
+        self.connection = connection
+        self.jobs = 0
+
+    @classmethod
+    def start(cls, reconstruct: Reconstruct) -> _Child:
+        parent, child = _SPAWN.Pipe()
+        process = _SPAWN.Process(target=_child_main, args=(reconstruct, child), name="splatcast-reconstruct", daemon=True)
+        process.start()
+        child.close()  # the child holds the only other end: its death is this end's EOF
+        return cls(process, parent)
+
+    async def receive(self) -> tuple[str, object]:
+        """The child's next message, read on a thread: the wait is the job's length, and an
+        avatar's arrays are megabytes, too long a read for the event loop."""
+        try:
+            return await asyncio.to_thread(self.connection.recv)
+        except EOFError:
+            await asyncio.to_thread(self.process.join)
+            raise ReconstructionFailed(f"the reconstruction process died (exit code {self.process.exitcode})") from None
+
+    def retire(self) -> None:
+        """Let the process end without waiting for it: its pipe closed, it exits once it sees
+        that; one still alive ``STOP_GRACE_SECONDS`` later is killed."""
+        self.connection.close()
+        asyncio.get_running_loop().call_later(STOP_GRACE_SECONDS, self.kill_now)
+
+    async def kill(self) -> None:
+        self.connection.close()
+        self.kill_now()
+        await asyncio.to_thread(self.process.join)
+
+    def kill_now(self) -> None:
+        if self.process.is_alive():  # also reaps a process that has exited
+            self.process.kill()
 
 
-def _child_main(reconstruct: Reconstruct, photo: Path, sending: Connection) -> None:
-    """The child: run the job, send its stages and its answer. Exceptions are sent as text, as
-    those with constructor arguments of their own would not unpickle; tensors as arrays."""
-    try:
-        cloud = reconstruct(photo, lambda stage: sending.send(("stage", stage))).to("cpu")
-        sending.send(("done", [tensor.detach().numpy() for tensor in (cloud.means, cloud.quats, cloud.scales, cloud.opacities, cloud.sh)]))
-    except ValueError as error:
-        sending.send(("bad photo", str(error)))
-    except Exception as error:
-        logger.exception("reconstruction failed")
-        sending.send(("failed", type(error).__name__))
+def _child_main(reconstruct: Reconstruct, connection: Connection) -> None:
+    """The child: take photos until the parent closes the pipe, send each job's stages and its
+    answer. Exceptions are sent as text, as those with constructor arguments of their own would not
+    unpickle; tensors as arrays. An error of its own ends the child after it is reported."""
+    while True:
+        try:
+            photo = connection.recv()
+        except EOFError:
+            return
+        try:
+            cloud = reconstruct(photo, lambda stage: connection.send(("stage", stage))).to("cpu")
+            connection.send(("done", [tensor.detach().numpy() for tensor in (cloud.means, cloud.quats, cloud.scales, cloud.opacities, cloud.sh)]))
+        except ValueError as error:
+            connection.send(("bad photo", str(error)))
+        except Exception as error:
+            logger.exception("reconstruction failed")
+            connection.send(("failed", type(error).__name__))
+            return

@@ -3,6 +3,7 @@ own entry point, on a tiny checkpoint folder (random weights, its sizes in archi
 
 import importlib.util
 import json
+import shutil
 
 import cv2
 import pytest
@@ -13,6 +14,7 @@ from splatcast.engine.checkpoints import save_checkpoints
 from splatcast.engine.formats import load_asset
 from splatcast.engine.lrt import LatentReconstructionTransformer
 from splatcast.engine.pipeline import ARCHITECTURE_FILE, ReconstructionPipeline
+from splatcast.engine.reconstruct import learned_pipeline, reconstruct_photo
 
 from .recon_configs import TINY_LRT, TINY_SYNTH, TINY_SYNTH_CONFIG, tiny_synthesizer
 
@@ -107,3 +109,22 @@ def test_export_reports_each_graphs_engine_and_its_error(checkpoints, tmp_path, 
     for graph in ("synth_step", "lrt"):
         (row,) = [line for line in report.splitlines() if graph in line and "│" in line]  # the table's row
         assert "eager" in row and "nothing to build" in row and "0.00e+00" in row, row
+
+
+def test_a_process_loads_its_weights_once_and_anew_when_they_change_on_disk(checkpoints, photo, tmp_path):
+    """What a server's long-lived reconstruction process relies on: the second photo reuses the
+    loaded pipeline (same avatar), new weights in the folder are loaded for the next one."""
+    folder = tmp_path / "weights"
+    shutil.copytree(checkpoints, folder)
+    options = {"checkpoints": folder, "engine": "eager", "engine_cache": tmp_path / "engines"}
+    learned_pipeline.cache_clear()
+    first = reconstruct_photo(photo, **options)
+    second = reconstruct_photo(photo, **options)
+    assert learned_pipeline.cache_info()[:2] == (1, 1), "(hits, misses): loaded once"
+    torch.testing.assert_close(second.means, first.means, rtol=0, atol=0)
+
+    torch.manual_seed(1)
+    save_checkpoints(folder, tiny_synthesizer(), LatentReconstructionTransformer(TINY_LRT))
+    third = reconstruct_photo(photo, **options)
+    assert learned_pipeline.cache_info()[1] == 2, "the changed folder was loaded again"
+    assert not torch.equal(third.means, first.means)

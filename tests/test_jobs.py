@@ -2,6 +2,7 @@
 sessions go on, and so does the queue with the next photo."""
 
 import asyncio
+import multiprocessing
 import os
 import signal
 
@@ -59,3 +60,74 @@ async def test_an_error_in_the_reconstruction_fails_its_avatar_naming_the_error(
     finally:
         await server.close()
     assert failed["status"] == "failed" and failed["reason"] == "internal error: KeyError", failed
+
+
+def scripted(photo, report):
+    """Notes its process id, then takes the next step of the script in the store's folder: build
+    an avatar, refuse the photo, or fail with an error of its own."""
+    with open(photo.parent.parent / "pids", "a") as pids:
+        pids.write(f"{os.getpid()}\n")
+    script = photo.parent.parent / "script"
+    step, *rest = script.read_text().split()
+    script.write_text(" ".join(rest))
+    if step == "refuse":
+        raise ValueError("no person found")
+    if step == "bug":
+        raise KeyError("not the photo's fault")
+    return figure_cloud(300)
+
+
+async def run_script(tmp_path, steps: list[str], **queue_options) -> tuple[list[dict], list[int]]:
+    """Each step's avatar record and the process that ran it, one upload after another."""
+    server = await start(tmp_path, reconstruct=scripted)
+    jobs = server.app[SERVER_KEY].jobs
+    for name, value in queue_options.items():
+        setattr(jobs, name, value)
+    (tmp_path / "store" / "script").write_text(" ".join(steps))
+    records = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in steps:
+                _, record = await upload(http, server, astronaut_png())
+                records.append(await wait_for_status(http, server, record["id"], {"ready", "failed"}))
+    finally:
+        await server.close()
+    return records, [int(pid) for pid in (tmp_path / "store" / "pids").read_text().split()]
+
+
+async def test_one_process_serves_photo_after_photo_and_a_refused_photo_keeps_it(tmp_path):
+    records, pids = await run_script(tmp_path, ["build", "refuse", "build"])
+    assert [r["status"] for r in records] == ["ready", "failed", "ready"]
+    assert records[1]["reason"] == "no person found"
+    assert len(set(pids)) == 1 and pids[0] != os.getpid()
+
+
+async def test_an_error_of_its_own_retires_the_process(tmp_path):
+    records, pids = await run_script(tmp_path, ["build", "bug", "build"])
+    assert [r["status"] for r in records] == ["ready", "failed", "ready"]
+    assert pids[0] == pids[1] != pids[2], "the job after an internal error runs in a fresh process"
+
+
+async def test_a_process_is_replaced_after_its_share_of_jobs(tmp_path):
+    _, pids = await run_script(tmp_path, ["build"] * 5, jobs_per_child=2)
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
+
+
+async def test_an_idle_process_ends_and_the_next_photo_gets_a_fresh_one(tmp_path):
+    server = await start(tmp_path, reconstruct=scripted)
+    jobs = server.app[SERVER_KEY].jobs
+    jobs.idle_seconds = 0.5
+    (tmp_path / "store" / "script").write_text("build build")
+    try:
+        async with aiohttp.ClientSession() as http:
+            _, first = await upload(http, server, astronaut_png())
+            assert (await wait_for_status(http, server, first["id"], {"ready", "failed"}))["status"] == "ready"
+            idle = multiprocessing.active_children()
+            assert any(p.name == "splatcast-reconstruct" for p in idle)
+            await asyncio.sleep(0.5 + 3.0)
+            assert jobs.child_pid is None
+            assert not any(p.name == "splatcast-reconstruct" for p in multiprocessing.active_children()), "the idle process exited"
+            _, second = await upload(http, server, astronaut_png())
+            assert (await wait_for_status(http, server, second["id"], {"ready", "failed"}))["status"] == "ready"
+    finally:
+        await server.close()
