@@ -12,7 +12,7 @@ from splatcast.streaming.server import SERVER_KEY
 from splatcast.streaming.viewer import Viewer
 
 from .test_api import astronaut_png, start, upload, wait_for_status
-from .test_streaming import figure_cloud
+from .test_streaming import figure_cloud, wait_for
 
 
 def die_once_then_reconstruct(photo, report):
@@ -113,6 +113,10 @@ async def test_a_process_is_replaced_after_its_share_of_jobs(tmp_path):
     assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
 
 
+def reconstruction_processes() -> list[int]:
+    return [p.pid for p in multiprocessing.active_children() if p.name == "splatcast-reconstruct"]
+
+
 async def test_an_idle_process_ends_and_the_next_photo_gets_a_fresh_one(tmp_path):
     server = await start(tmp_path, reconstruct=scripted)
     jobs = server.app[SERVER_KEY].jobs
@@ -122,11 +126,9 @@ async def test_an_idle_process_ends_and_the_next_photo_gets_a_fresh_one(tmp_path
         async with aiohttp.ClientSession() as http:
             _, first = await upload(http, server, astronaut_png())
             assert (await wait_for_status(http, server, first["id"], {"ready", "failed"}))["status"] == "ready"
-            idle = multiprocessing.active_children()
-            assert any(p.name == "splatcast-reconstruct" for p in idle)
-            await asyncio.sleep(0.5 + 3.0)
-            assert jobs.child_pid is None
-            assert not any(p.name == "splatcast-reconstruct" for p in multiprocessing.active_children()), "the idle process exited"
+            pid = jobs.child_pid
+            assert pid in reconstruction_processes()
+            assert await wait_for(lambda: jobs.child_pid is None and pid not in reconstruction_processes(), 20), "the idle process exited"
             _, second = await upload(http, server, astronaut_png())
             assert (await wait_for_status(http, server, second["id"], {"ready", "failed"}))["status"] == "ready"
     finally:
