@@ -69,12 +69,8 @@ def reconstruct_photo(
     """
     report = progress or (lambda _stage: None)
     if checkpoints is not None:
-        from ..config import default_engine_cache
-
         report("loading checkpoints")
-        folder = Path(checkpoints).resolve()
-        cache = Path(engine_cache or default_engine_cache()).resolve()
-        pipeline = learned_pipeline(folder, _file_stamps(folder), engine_config(engine), cache, body_model)
+        pipeline = load_learned_pipeline(checkpoints, engine, engine_cache, body_model)
         report("learned reconstruction")
         return pipeline(photo, seed=seed, progress=False)[0]
     report("loading photo")
@@ -85,6 +81,21 @@ def reconstruct_photo(
     fit = fit_body(segmentation, body_model)
     report("Gaussians")
     return weight_free_reconstruct(image, segmentation, fit, num_gaussians=num_gaussians, seed=seed)
+
+
+def load_learned_pipeline(
+    checkpoints: str | os.PathLike,
+    engine: EngineConfig | str | None = None,
+    engine_cache: str | os.PathLike | None = None,
+    body_model: BodyModel | None = None,
+) -> ReconstructionPipeline:
+    """The learned pipeline of ``checkpoints`` with ``engine``'s networks (as ``reconstruct_photo``
+    takes them), loaded on this process's first call and kept for the next (``learned_pipeline``)."""
+    from ..config import default_engine_cache
+
+    folder = Path(checkpoints).resolve()
+    cache = Path(engine_cache or default_engine_cache()).resolve()
+    return learned_pipeline(folder, _file_stamps(folder), engine_config(engine), cache, body_model)
 
 
 @functools.lru_cache(maxsize=1)

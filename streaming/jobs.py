@@ -9,9 +9,13 @@ shows it and a restart knows what was in flight.
 
 The child outlives its job: starting one (a spawned interpreter importing torch) and loading the
 learned pipeline's weights and engines take longer than a reconstruction, so one child serves
-jobs until it has served ``jobs_per_child`` (which bounds what native code may leak), has had
-none for ``idle_seconds`` (which gives its memory, GPU memory included, back), or failed one with
-an error of its own (whose state is not trusted further). A photo's own fault keeps the child.
+jobs until it has served ``jobs_per_child`` (which bounds what native code may leak) or failed
+one with an error of its own (whose state is not trusted further); a photo's own fault keeps it.
+With a ``prepare`` step (the learned pipeline's loading) a child is started, and prepared, at
+the server's start (``start``) and whenever one is replaced, so that no photo waits for the
+loading, and it stays while the server runs. Without one (the weight-free path, which loads
+little) a child starts with the first photo and ends after ``idle_seconds`` without one, giving
+its memory back.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ logger = logging.getLogger(__name__)
 Reconstruct = Callable[[Path, Callable[[str], None]], GaussianCloud]
 """(photo path, report stage name) -> avatar. Raises ValueError subclasses for bad photos. It runs
 in the child process, so it must pickle: a module-level function or a ``functools.partial`` of one."""
+Prepare = Callable[[], object]
+"""Run once in each child before its first photo (and pickled as ``Reconstruct`` is)."""
 
 _SPAWN = multiprocessing.get_context("spawn")  # never fork a process that holds CUDA and threads
 JOBS_PER_CHILD = 50
@@ -59,6 +65,14 @@ def reconstruct_uploaded_photo(photo: Path, report: Callable[[str], None], **opt
     return reconstruct_photo(photo, progress=report, **options)
 
 
+def load_learned_pipeline(**options) -> None:
+    """The server's ``Prepare`` with checkpoints: ``engine.reconstruct.load_learned_pipeline`` with
+    the options ``reconstruct_uploaded_photo`` gets, so that its first photo finds them loaded."""
+    from ..engine.reconstruct import load_learned_pipeline
+
+    load_learned_pipeline(**options)
+
+
 class ReconstructionQueue:
     def __init__(
         self,
@@ -68,9 +82,11 @@ class ReconstructionQueue:
         max_pending: int = 8,
         jobs_per_child: int = JOBS_PER_CHILD,
         idle_seconds: float = IDLE_SECONDS,
+        prepare: Prepare | None = None,
     ) -> None:
         self.store = store
         self.reconstruct = reconstruct
+        self.prepare = prepare
         self.on_ready = on_ready
         self.max_pending = max_pending
         self.jobs_per_child = jobs_per_child
@@ -79,6 +95,11 @@ class ReconstructionQueue:
         self._worker: asyncio.Task | None = None
         self._child: _Child | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        """Start the prepared child now (the server's start-up), if there is a ``prepare`` step."""
+        if self.prepare is not None and self._child is None:
+            self._child = _Child.start(self.reconstruct, self.prepare)
 
     def check_room(self) -> None:
         if self._pending.qsize() >= self.max_pending:
@@ -127,13 +148,13 @@ class ReconstructionQueue:
                 self.store.fail(record, f"internal error: {type(error).__name__}")
             else:
                 self.on_ready(record.id, cloud)
-        if self._child is not None:
+        if self._child is not None and self.prepare is None:
             self._idle_timer = asyncio.get_running_loop().call_later(self.idle_seconds, self._retire_idle_child)
 
     async def _reconstruct_in_child(self, record: AvatarRecord) -> GaussianCloud:
         """One job in the waiting child (or a fresh one), its stages written to ``record`` as they come."""
         if self._child is None or not self._child.process.is_alive():  # none yet, or it died idle
-            self._child = _Child.start(self.reconstruct)
+            self._child = _Child.start(self.reconstruct, self.prepare)
         child = self._child
         child.jobs += 1
         healthy = False
@@ -153,12 +174,18 @@ class ReconstructionQueue:
                 else:
                     raise ReconstructionFailed(value)
         finally:
-            if not healthy:  # dead, failed, or cancelled mid-job
+            if not healthy or child.jobs >= self.jobs_per_child:
                 self._child = None
-                await child.kill()
-            elif child.jobs >= self.jobs_per_child:
-                self._child = None
-                child.retire()
+                if healthy:
+                    child.retire()
+                else:  # dead, failed, or cancelled mid-job
+                    await child.kill()
+                if self.prepare is not None and not self._cancelling():
+                    self._child = _Child.start(self.reconstruct, self.prepare)
+
+    def _cancelling(self) -> bool:
+        task = asyncio.current_task()
+        return task is not None and task.cancelling() > 0
 
     def _retire_idle_child(self) -> None:
         self._idle_timer = None
@@ -176,9 +203,9 @@ class _Child:
         self.jobs = 0
 
     @classmethod
-    def start(cls, reconstruct: Reconstruct) -> _Child:
+    def start(cls, reconstruct: Reconstruct, prepare: Prepare | None) -> _Child:
         parent, child = _SPAWN.Pipe()
-        process = _SPAWN.Process(target=_child_main, args=(reconstruct, child), name="splatcast-reconstruct", daemon=True)
+        process = _SPAWN.Process(target=_child_main, args=(reconstruct, prepare, child), name="splatcast-reconstruct", daemon=True)
         process.start()
         child.close()  # the child holds the only other end: its death is this end's EOF
         return cls(process, parent)
@@ -208,10 +235,17 @@ class _Child:
             self.process.kill()
 
 
-def _child_main(reconstruct: Reconstruct, connection: Connection) -> None:
-    """The child: take photos until the parent closes the pipe, send each job's stages and its
-    answer. Exceptions are sent as text, as those with constructor arguments of their own would not
-    unpickle; tensors as arrays. An error of its own ends the child after it is reported."""
+def _child_main(reconstruct: Reconstruct, prepare: Prepare | None, connection: Connection) -> None:
+    """The child: prepare, then take photos until the parent closes the pipe, send each job's
+    stages and its answer. Exceptions are sent as text, as those with constructor arguments of
+    their own would not unpickle; tensors as arrays. An error of its own ends the child after it
+    is reported. A failed preparation is logged and left to the jobs, which meet it again and
+    report it as theirs."""
+    if prepare is not None:
+        try:
+            prepare()
+        except Exception:
+            logger.exception("preparing the reconstruction failed")
     while True:
         try:
             photo = connection.recv()

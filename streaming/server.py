@@ -33,7 +33,7 @@ from .avatar_store import AvatarStore
 from .feedback import forward_feedback
 from .http_errors import json_errors
 from .frames import FrameRenderer
-from .jobs import Reconstruct, ReconstructionQueue, reconstruct_uploaded_photo
+from .jobs import Reconstruct, ReconstructionQueue, load_learned_pipeline, reconstruct_uploaded_photo
 from .metrics import StreamMetrics
 from .openapi import openapi_spec
 from .protocol import SizeLimits
@@ -175,11 +175,13 @@ class StreamingServer:
         self._scratch = None if config.store_dir else tempfile.TemporaryDirectory(prefix="splatcast-avatars-")
         self.store = AvatarStore(config.store_dir or self._scratch.name, config.max_gaussians)
         self.authority = Authority(config.api_key)
+        prepare = None
         if reconstruct is None:
-            reconstruct = functools.partial(
-                reconstruct_uploaded_photo, checkpoints=config.checkpoints, engine=config.engine, engine_cache=config.engine_cache
-            )
-        self.jobs = ReconstructionQueue(self.store, reconstruct, self._add_avatar, config.max_pending_jobs)
+            options = {"checkpoints": config.checkpoints, "engine": config.engine, "engine_cache": config.engine_cache}
+            reconstruct = functools.partial(reconstruct_uploaded_photo, **options)
+            if config.checkpoints:  # load the weights and engines now, not on the first upload
+                prepare = functools.partial(load_learned_pipeline, **options)
+        self.jobs = ReconstructionQueue(self.store, reconstruct, self._add_avatar, config.max_pending_jobs, prepare=prepare)
         self.api = AvatarAPI(self.store, self.jobs, self.authority, config.max_image_pixels, self._add_avatar, self._forget_avatar)
         self._host_sessions()
 
@@ -223,6 +225,7 @@ class StreamingServer:
         self.avatars.pop(avatar_id, None)
 
     async def _startup(self, _app: web.Application) -> None:
+        self.jobs.start()
         ready, requeue = await asyncio.get_running_loop().run_in_executor(None, self.store.recover)
         for record in ready:
             self._add_avatar(record.id, self.store.load(record.id))

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import shutil
 
+import aiohttp
 import cv2
 import pytest
 import torch
@@ -15,8 +16,11 @@ from splatcast.engine.formats import load_asset
 from splatcast.engine.lrt import LatentReconstructionTransformer
 from splatcast.engine.pipeline import ARCHITECTURE_FILE, ReconstructionPipeline
 from splatcast.engine.reconstruct import learned_pipeline, reconstruct_photo
+from splatcast.streaming.server import SERVER_KEY
 
 from .recon_configs import TINY_LRT, TINY_SYNTH, TINY_SYNTH_CONFIG, tiny_synthesizer
+from .test_api import astronaut_png, start, upload, wait_for_status
+from .test_jobs import reconstruction_processes
 
 PIPELINE = {"fit_steps": 10, "max_prior_tokens": 256}
 
@@ -128,3 +132,18 @@ def test_a_process_loads_its_weights_once_and_anew_when_they_change_on_disk(chec
     third = reconstruct_photo(photo, **options)
     assert learned_pipeline.cache_info()[1] == 2, "the changed folder was loaded again"
     assert not torch.equal(third.means, first.means)
+
+
+async def test_serve_starts_and_loads_its_reconstruction_process_with_the_server(tmp_path, checkpoints):
+    server = await start(tmp_path, checkpoints=str(checkpoints), engine="eager", engine_cache=str(tmp_path / "engines"))
+    jobs = server.app[SERVER_KEY].jobs
+    try:
+        pid = jobs.child_pid
+        assert pid in reconstruction_processes(), "started with the server, before any photo"
+        async with aiohttp.ClientSession() as http:
+            _, record = await upload(http, server, astronaut_png())
+            record = await wait_for_status(http, server, record["id"], {"ready", "failed"})
+        assert record["status"] == "ready" and record["gaussians"] == TINY_LRT.num_gaussians, record
+        assert jobs.child_pid == pid
+    finally:
+        await server.close()

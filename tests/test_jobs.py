@@ -133,3 +133,4 @@ async def test_an_idle_process_ends_and_the_next_photo_gets_a_fresh_one(tmp_path
             assert (await wait_for_status(http, server, second["id"], {"ready", "failed"}))["status"] == "ready"
     finally:
         await server.close()
+
