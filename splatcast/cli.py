@@ -155,7 +155,10 @@ def serve(args: argparse.Namespace) -> int:
 
         check_engine(engine_config(args.engine), reconstruction_device())
     if args.photo:
+        from .engine.reconstruct import learned_pipeline
+
         cloud, avatar_id = _reconstruct(args, args.photo), Path(args.photo).stem
+        learned_pipeline.cache_clear()  # uploads go to a reconstruction process with its own; free this one's memory
     else:
         cloud = _load(args.avatar)
         avatar_id = Path(args.avatar).stem if args.avatar else "sample"
