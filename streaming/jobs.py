@@ -153,7 +153,10 @@ class ReconstructionQueue:
 
     async def _reconstruct_in_child(self, record: AvatarRecord) -> GaussianCloud:
         """One job in the waiting child (or a fresh one), its stages written to ``record`` as they come."""
-        if self._child is None or not self._child.process.is_alive():  # none yet, or it died idle
+        if self._child is not None and not self._child.process.is_alive():  # it died idle
+            self._child.connection.close()
+            self._child = None
+        if self._child is None:
             self._child = _Child.start(self.reconstruct, self.prepare)
         child = self._child
         child.jobs += 1
