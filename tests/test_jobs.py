@@ -134,3 +134,21 @@ async def test_an_idle_process_ends_and_the_next_photo_gets_a_fresh_one(tmp_path
     finally:
         await server.close()
 
+
+
+async def test_a_process_killed_while_idle_is_replaced_without_failing_the_next_photo(tmp_path):
+    server = await start(tmp_path, reconstruct=scripted)
+    jobs = server.app[SERVER_KEY].jobs
+    (tmp_path / "store" / "script").write_text("build build")
+    try:
+        async with aiohttp.ClientSession() as http:
+            _, first = await upload(http, server, astronaut_png())
+            assert (await wait_for_status(http, server, first["id"], {"ready", "failed"}))["status"] == "ready"
+            pid = jobs.child_pid
+            os.kill(pid, signal.SIGKILL)  # as the OOM killer might, between photos
+            assert await wait_for(lambda: pid not in reconstruction_processes(), 10)
+            _, second = await upload(http, server, astronaut_png())
+            assert (await wait_for_status(http, server, second["id"], {"ready", "failed"}))["status"] == "ready"
+            assert jobs.child_pid != pid
+    finally:
+        await server.close()
