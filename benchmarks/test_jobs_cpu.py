@@ -6,21 +6,12 @@ photo (``jobs_per_child=1``, how jobs ran before) and with one process serving t
 """
 
 import asyncio
-import io
 
 import aiohttp
 import pytest
-from PIL import Image
-from skimage import data
 
 from splatcast.streaming.server import SERVER_KEY
-from tests.test_api import start, upload, wait_for_status
-
-
-def astronaut_png() -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(data.astronaut()).save(buffer, format="PNG")
-    return buffer.getvalue()
+from tests.test_api import astronaut_png, reconstructed, start
 
 
 @pytest.mark.parametrize("jobs_per_child", [1, 50])
@@ -28,12 +19,11 @@ def test_upload_to_ready(benchmark, tmp_path, jobs_per_child):
     loop = asyncio.new_event_loop()
     server = loop.run_until_complete(start(tmp_path))
     server.app[SERVER_KEY].jobs.jobs_per_child = jobs_per_child
-    photo = astronaut_png()
+    photo = astronaut_png(512)
 
     async def one_photo() -> None:
         async with aiohttp.ClientSession() as http:
-            _, record = await upload(http, server, photo)
-            record = await wait_for_status(http, server, record["id"], {"ready", "failed"})
+            record = await reconstructed(http, server, photo)
         assert record["status"] == "ready", record
 
     try:

@@ -120,4 +120,5 @@ def _file_stamps(folder: Path) -> tuple[tuple[str, int, int], ...]:
     which the pipeline's loading then names."""
     if not folder.is_dir():
         return ()
-    return tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir() if f.is_file()))
+    stats = ((f.name, f.stat()) for f in folder.iterdir() if f.is_file())
+    return tuple(sorted((name, stat.st_size, stat.st_mtime_ns) for name, stat in stats))

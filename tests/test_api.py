@@ -217,12 +217,12 @@ async def test_openapi_spec_is_served_and_names_every_route(tmp_path):
         await server.close()
 
 
-def astronaut_png() -> bytes:
+def astronaut_png(side: int = 256) -> bytes:
     from PIL import Image
     from skimage import data
 
     buffer = io.BytesIO()
-    Image.fromarray(data.astronaut()).resize((256, 256)).save(buffer, format="PNG")
+    Image.fromarray(data.astronaut()).resize((side, side)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -239,6 +239,12 @@ async def wait_for_status(http, server, avatar_id: str, wanted: set[str], timeou
             return record
         await asyncio.sleep(0.2)
     raise TimeoutError(f"avatar {avatar_id} stayed {seen[-1]}")
+
+
+async def reconstructed(http, server, photo: bytes | None = None) -> dict:
+    """Upload ``photo`` (default: the astronaut) and wait for its job: the avatar's final record."""
+    _, record = await upload(http, server, photo or astronaut_png())
+    return await wait_for_status(http, server, record["id"], {"ready", "failed"})
 
 
 async def test_photo_upload_is_reconstructed_in_the_background_and_streams(tmp_path):

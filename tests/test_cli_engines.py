@@ -19,7 +19,7 @@ from splatcast.engine.reconstruct import learned_pipeline, reconstruct_photo
 from splatcast.streaming.server import SERVER_KEY
 
 from .recon_configs import TINY_LRT, TINY_SYNTH, TINY_SYNTH_CONFIG, tiny_synthesizer
-from .test_api import astronaut_png, start, upload, wait_for_status
+from .test_api import reconstructed, start
 from .test_jobs import reconstruction_processes
 
 PIPELINE = {"fit_steps": 10, "max_prior_tokens": 256}
@@ -141,8 +141,7 @@ async def test_serve_starts_and_loads_its_reconstruction_process_with_the_server
         pid = jobs.child_pid
         assert pid in reconstruction_processes(), "started with the server, before any photo"
         async with aiohttp.ClientSession() as http:
-            _, record = await upload(http, server, astronaut_png())
-            record = await wait_for_status(http, server, record["id"], {"ready", "failed"})
+            record = await reconstructed(http, server)
         assert record["status"] == "ready" and record["gaussians"] == TINY_LRT.num_gaussians, record
         assert jobs.child_pid == pid
     finally:

@@ -11,7 +11,7 @@ import aiohttp
 from splatcast.streaming.server import SERVER_KEY
 from splatcast.streaming.viewer import Viewer
 
-from .test_api import astronaut_png, start, upload, wait_for_status
+from .test_api import reconstructed, start
 from .test_streaming import figure_cloud, wait_for
 
 
@@ -33,14 +33,12 @@ async def test_a_dead_reconstruction_process_fails_its_avatar_and_the_next_job_r
         token, _ = server.app[SERVER_KEY].authority.mint("sample")
         await viewer.connect(str(server.make_url("")).rstrip("/"), avatar="sample", token=token)
         async with aiohttp.ClientSession() as http:
-            _, first = await upload(http, server, astronaut_png())
-            failed = await wait_for_status(http, server, first["id"], {"ready", "failed"})
+            failed = await reconstructed(http, server)
             assert failed["status"] == "failed" and "process died" in failed["reason"], failed
             # The server, and the session it was streaming, lived through it.
             assert len(server.app[SERVER_KEY].sessions) == 1
             assert (await asyncio.wait_for(viewer.track.recv(), 10)).width == 96
-            _, second = await upload(http, server, astronaut_png())
-            ready = await wait_for_status(http, server, second["id"], {"ready", "failed"})
+            ready = await reconstructed(http, server)
             assert ready["status"] == "ready", ready
     finally:
         await viewer.close()
@@ -55,8 +53,7 @@ async def test_an_error_in_the_reconstruction_fails_its_avatar_naming_the_error(
     server = await start(tmp_path, reconstruct=fail_with_a_bug)
     try:
         async with aiohttp.ClientSession() as http:
-            _, record = await upload(http, server, astronaut_png())
-            failed = await wait_for_status(http, server, record["id"], {"ready", "failed"})
+            failed = await reconstructed(http, server)
     finally:
         await server.close()
     assert failed["status"] == "failed" and failed["reason"] == "internal error: KeyError", failed
@@ -88,8 +85,7 @@ async def run_script(tmp_path, steps: list[str], **queue_options) -> tuple[list[
     try:
         async with aiohttp.ClientSession() as http:
             for _ in steps:
-                _, record = await upload(http, server, astronaut_png())
-                records.append(await wait_for_status(http, server, record["id"], {"ready", "failed"}))
+                records.append(await reconstructed(http, server))
     finally:
         await server.close()
     return records, [int(pid) for pid in (tmp_path / "store" / "pids").read_text().split()]
@@ -124,16 +120,13 @@ async def test_an_idle_process_ends_and_the_next_photo_gets_a_fresh_one(tmp_path
     (tmp_path / "store" / "script").write_text("build build")
     try:
         async with aiohttp.ClientSession() as http:
-            _, first = await upload(http, server, astronaut_png())
-            assert (await wait_for_status(http, server, first["id"], {"ready", "failed"}))["status"] == "ready"
+            assert (await reconstructed(http, server))["status"] == "ready"
             pid = jobs.child_pid
             assert pid in reconstruction_processes()
             assert await wait_for(lambda: jobs.child_pid is None and pid not in reconstruction_processes(), 20), "the idle process exited"
-            _, second = await upload(http, server, astronaut_png())
-            assert (await wait_for_status(http, server, second["id"], {"ready", "failed"}))["status"] == "ready"
+            assert (await reconstructed(http, server))["status"] == "ready"
     finally:
         await server.close()
-
 
 
 async def test_a_process_killed_while_idle_is_replaced_without_failing_the_next_photo(tmp_path):
@@ -142,13 +135,11 @@ async def test_a_process_killed_while_idle_is_replaced_without_failing_the_next_
     (tmp_path / "store" / "script").write_text("build build")
     try:
         async with aiohttp.ClientSession() as http:
-            _, first = await upload(http, server, astronaut_png())
-            assert (await wait_for_status(http, server, first["id"], {"ready", "failed"}))["status"] == "ready"
+            assert (await reconstructed(http, server))["status"] == "ready"
             pid = jobs.child_pid
             os.kill(pid, signal.SIGKILL)  # as the OOM killer might, between photos
             assert await wait_for(lambda: pid not in reconstruction_processes(), 10)
-            _, second = await upload(http, server, astronaut_png())
-            assert (await wait_for_status(http, server, second["id"], {"ready", "failed"}))["status"] == "ready"
+            assert (await reconstructed(http, server))["status"] == "ready"
             assert jobs.child_pid != pid
     finally:
         await server.close()
