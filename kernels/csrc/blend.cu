@@ -85,30 +85,10 @@ struct Pixel {
 #define BLEND_MIN_BLOCKS 18
 #endif
 
-// Persistent blocks (BLEND_PERSISTENT=1, an experiment while it is measured): as many blocks as
-// fit the GPU at once, each blending quarters blockIdx.x, + gridDim.x, ... and looking up the
-// next quarter's tile and list range while it blends this one, instead of one block a quarter
-// paying that chain of dependent loads before its first splat.
-#ifndef BLEND_PERSISTENT
-#define BLEND_PERSISTENT 0
-#endif
-
-// The shared memory through which a block stages its quarter's splats.
-struct Staging {
-    float4 a[THREADS];
-    float4 b[THREADS];
-    float blue[THREADS];
-    uint8_t warps[THREADS];  // bit w: the splat meets warp w's rectangle
-    int count[WARPS];        // splats staged by each warp this batch
-};
-
-__device__ inline uint32_t tile_of(const BlendArgs& args, int item) {
-    return args.tile_order ? args.tile_order[item / PARTS] : item / PARTS;
-}
-
-// Blends quarter `part` of `tile`, whose list is values[range.x, range.y).
-__device__ inline void blend_quarter(const BlendArgs& args, uint32_t tile, int part, int2 range, Staging& shared) {
+__global__ void __launch_bounds__(THREADS, BLEND_MIN_BLOCKS) blend_kernel(BlendArgs args) {
     const int tiles_x = tiles_along(args.width), tiles_per_view = tiles_x * tiles_along(args.height);
+    const uint32_t tile = args.tile_order ? args.tile_order[blockIdx.x / PARTS] : blockIdx.x / PARTS;
+    const int part = blockIdx.x % PARTS;
     const int view = tile / tiles_per_view;
     const int origin_x = tile % tiles_per_view % tiles_x * TILE + part % (TILE / SIDE) * SIDE;
     const int origin_y = tile % tiles_per_view / tiles_x * TILE + part / (TILE / SIDE) * SIDE;
@@ -126,10 +106,17 @@ __device__ inline void blend_quarter(const BlendArgs& args, uint32_t tile, int p
         pixel.transmittance = fabsf(s.w);
     }
 
+    __shared__ float4 shared_a[THREADS];
+    __shared__ float4 shared_b[THREADS];
+    __shared__ float shared_blue[THREADS];
+    __shared__ uint8_t shared_warps[THREADS];  // bit w: the splat meets warp w's rectangle
+    __shared__ int shared_count[WARPS];        // splats staged by each warp this batch
+
     // The warps of this block a pair value's splat meets: bits (2 qy + w) * 2 + qx of the tile's
     // mask for quarter (qx, qy) = (part % 2, part / 2).
     const bool masks = values_carry_masks(args.num_entries);
     const int quarter_bit = ENTRY_BITS + 4 * (part / 2) + part % 2;
+    const int2 range = args.ranges[tile];
     int index = range.x + threadIdx.x;
     uint32_t next_warps = 0;
     float4 next_a, next_b;
@@ -158,19 +145,19 @@ __device__ inline void blend_quarter(const BlendArgs& args, uint32_t tile, int p
         if (next_warps != 0) {
             const int slot = 32 * warp + __popc(staged & ((1u << lane) - 1));
             const Staged s = stage(next_a, next_b);
-            shared.a[slot] = s.a;
-            shared.b[slot] = s.b;
-            shared.blue[slot] = s.blue;
-            shared.warps[slot] = static_cast<uint8_t>(next_warps);
+            shared_a[slot] = s.a;
+            shared_b[slot] = s.b;
+            shared_blue[slot] = s.blue;
+            shared_warps[slot] = static_cast<uint8_t>(next_warps);
         }
-        if (lane == 0) shared.count[warp] = __popc(staged);
+        if (lane == 0) shared_count[warp] = __popc(staged);
         index += THREADS;
         fetch();
         __syncthreads();
         for (int first = 0; first < THREADS; first += 32) {
             if (__all_sync(FULL_MASK, !pixel.live)) break;
             const int j = first + lane;
-            const bool meets = lane < shared.count[first / 32] && (shared.warps[j] >> warp & 1u);
+            const bool meets = lane < shared_count[first / 32] && (shared_warps[j] >> warp & 1u);
             // ILP hits at a time: their opacities together, then the state updates in order.
             // Bit-reversed, so that the next splat in list order is the leading one (one count
             // of leading zeros a hit instead of a reversal and a search).
@@ -183,11 +170,11 @@ __device__ inline void blend_quarter(const BlendArgs& args, uint32_t tile, int p
                     const int lead = __clz(hits);
                     const int k = first + lead;
                     hits &= ~(0x80000000u >> lead);
-                    const float4 a = shared.a[k], b = shared.b[k];
+                    const float4 a = shared_a[k], b = shared_b[k];
                     alpha[u] = alpha_at(pixel.x, pixel.y, a, b);
                     red[u] = b.z;
                     green[u] = b.w;
-                    blue[u] = shared.blue[k];
+                    blue[u] = shared_blue[k];
                 }
 #pragma unroll
                 for (int u = 0; u < ILP; ++u)
@@ -211,59 +198,12 @@ __device__ inline void blend_quarter(const BlendArgs& args, uint32_t tile, int p
     for (int ch = 0; ch < 3; ++ch) out[ch] = static_cast<uint8_t>(fminf(fmaxf(rgb[ch] * 255.0f + 0.5f, 0.0f), 255.0f));
 }
 
-__global__ void __launch_bounds__(THREADS, BLEND_MIN_BLOCKS) blend_kernel(BlendArgs args, int items) {
-    __shared__ Staging staging;
-#if BLEND_PERSISTENT
-    // Two lookups ahead: the next quarter's range reads a tile index loaded a quarter earlier, so
-    // neither load waits on another in flight.
-    const int stride = gridDim.x;
-    int item = blockIdx.x;
-    uint32_t tile = tile_of(args, item);
-    int2 range = args.ranges[tile];
-    uint32_t next_tile = item + stride < items ? tile_of(args, item + stride) : 0;
-    for (; item < items; item += stride) {
-        const int next = item + stride;
-        const int2 next_range = next < items ? args.ranges[next_tile] : make_int2(0, 0);
-        const uint32_t after_tile = next + stride < items ? tile_of(args, next + stride) : 0;
-        blend_quarter(args, tile, item % PARTS, range, staging);
-        tile = next_tile;
-        range = next_range;
-        next_tile = after_tile;
-    }
-#else
-    const uint32_t tile = tile_of(args, blockIdx.x);
-    blend_quarter(args, tile, blockIdx.x % PARTS, args.ranges[tile], staging);
-#endif
-}
-
-// Blocks the blending grid needs: one a quarter, or with persistent blocks as many as fit the
-// current GPU at once (looked up once per device).
-unsigned blend_blocks(unsigned items) {
-#if BLEND_PERSISTENT
-    constexpr int MAX_DEVICES = 64;
-    static int resident[MAX_DEVICES] = {};
-    int device = 0;
-    if (cudaGetDevice(&device) != cudaSuccess || device >= MAX_DEVICES) return items;
-    if (resident[device] == 0) {
-        int per_sm = 0, sms = 0;
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, blend_kernel, THREADS, 0) != cudaSuccess ||
-            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
-            return items;
-        resident[device] = per_sm * sms;
-    }
-    return min(items, static_cast<unsigned>(resident[device]));
-#else
-    return items;
-#endif
-}
-
 }  // namespace
 
 cudaError_t launch_blend(const BlendArgs& args, cudaStream_t stream) {
     const unsigned tiles = static_cast<unsigned>(args.num_views) * tiles_along(args.width) * tiles_along(args.height);
     if (tiles == 0) return cudaSuccess;
-    const unsigned items = tiles * PARTS;
-    blend_kernel<<<blend_blocks(items), THREADS, 0, stream>>>(args, static_cast<int>(items));
+    blend_kernel<<<tiles * PARTS, THREADS, 0, stream>>>(args);
     return cudaGetLastError();
 }
 
