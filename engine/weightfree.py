@@ -42,6 +42,7 @@ from .segmentation import Segmentation, segment_person
 
 DEFAULT_NUM_GAUSSIANS = 50_000
 """Sized to stream at full rate from the CPU renderer; use 100k-300k on a GPU."""
+MIN_NUM_GAUSSIANS = 100
 INFLATION_DEPTH = 0.6
 """Inflated half-thickness over half-width: bodies, heads and hair are shallower than wide."""
 SPLAT_SIGMA = 0.6
@@ -69,8 +70,8 @@ def reconstruct(
     ``image`` is float RGB(A) in [0, 1] from ``images.load_image``; ``segmentation`` and ``fit``
     are computed when not given (``fit_body`` with ``body_model``, default Anny).
     """
-    if num_gaussians < 100:
-        raise ValueError(f"num_gaussians must be at least 100, got {num_gaussians}")
+    if num_gaussians < MIN_NUM_GAUSSIANS:
+        raise ValueError(f"num_gaussians must be at least {MIN_NUM_GAUSSIANS}, got {num_gaussians}")
     segmentation = segment_person(image) if segmentation is None else segmentation
     fit = fit_body(segmentation, body_model) if fit is None else fit
     # Size the pixel grid to the budget: the side splats' share is only known once built.

@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -20,44 +20,70 @@ from .config import default_engine_cache, sample_avatar_path, usable_cpu_count
 console = Console(stderr=True)
 
 
+MAX_RENDER_SIZE = 16384
+"""Largest side of an offline render: a 16k x 16k RGB image is already 3 GB in float32."""
+MAX_STREAM_SIZE = 8192
+"""Largest per-view side a client may be allowed (``--max-size``); a headset's eye is 2-4k."""
+MAX_FPS = 240
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
-    if width < 16 or height < 16:
-        raise argparse.ArgumentTypeError("sizes start at 16x16")
+    if not (16 <= width <= MAX_STREAM_SIZE and 16 <= height <= MAX_STREAM_SIZE):
+        raise argparse.ArgumentTypeError(f"sides must be between 16 and {MAX_STREAM_SIZE}, got {width}x{height}")
     return width, height
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _number_in(kind: type[int] | type[float], low: float, high: float | None = None, unit: str = "") -> Callable[[str], float]:
+    """An argparse type: a ``kind`` from ``low`` to ``high`` (inclusive; NaN never). Its errors
+    say what was expected, where argparse's own would name this function."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not (low <= value and (high is None or value <= high)):
+            bound = f"at least {_shown(low)}" if high is None else f"between {_shown(low)} and {_shown(high)}"
+            raise argparse.ArgumentTypeError(f"must be {bound}{unit}, got {text}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
+def _shown(bound: float) -> str:
+    return f"{int(bound):,}" if float(bound).is_integer() else f"{bound:g}"
 
 
-def _milliseconds(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1000 ms, got {text}")
-    return value
+_positive_int = _number_in(int, 1)
+_non_negative_int = _number_in(int, 0)
+_render_side = _number_in(int, 1, MAX_RENDER_SIZE)
+_port = _number_in(int, 0, 65535)
+_fps = _number_in(int, 1, MAX_FPS)
+_milliseconds = _number_in(float, 0, 1000, " ms")
+_idle_seconds = _number_in(float, 1, 24 * 3600, " s")
+_azimuth = _number_in(float, -360, 360, " degrees")
+_elevation = _number_in(float, -90, 90, " degrees")
+_fov = _number_in(float, 1, 170, " degrees")
+_distance = _number_in(float, 0.01, 1e4, " m")
+_unit = _number_in(float, 0, 1)
+
+
+def _gaussian_budget(text: str) -> int:
+    """From the weight-free path's least to what a saved asset may hold and still load by default."""
+    from .engine.formats import DEFAULT_MAX_GAUSSIANS
+    from .engine.weightfree import MIN_NUM_GAUSSIANS
+
+    return _number_in(int, MIN_NUM_GAUSSIANS, DEFAULT_MAX_GAUSSIANS)(text)
 
 
 def _late_start(text: str) -> float:
-    from .streaming.track import checked_late_start
+    from .streaming.track import MAX_LATE_START
 
-    try:
-        return checked_late_start(float(text))
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+    return _number_in(float, 0, MAX_LATE_START, " of a frame interval")(text)
 
 
 def _workers(text: str) -> int:
@@ -75,6 +101,32 @@ def _report(error: Exception, status: int = 2) -> int:
     brackets); returns the exit status."""
     console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
     return status
+
+
+def _check_output(path: str, check_type: Callable[[str], object]) -> None:
+    """Refuse an output file the command could not write, before the work that fills it: a
+    reconstruction whose write fails at the end is lost."""
+    check_type(path)
+    output = Path(path)
+    if output.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a file")
+    folder = output.absolute().parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder {folder} does not exist (for {path})")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"folder {folder} is not writable (for {path})")
+
+
+def _check_image_type(path: str) -> None:
+    """``path``'s extension names an image format Pillow writes."""
+    from PIL import Image
+
+    from .engine.images import ImageError
+
+    Image.init()
+    suffix = Path(path).suffix.lower()
+    if Image.registered_extensions().get(suffix) not in Image.SAVE:
+        raise ImageError(f"{path}: unknown image type {suffix!r}: expected .png (or another format Pillow writes)")
 
 
 @contextmanager
@@ -110,8 +162,9 @@ def _reconstruct(args: argparse.Namespace, photo: str, seed: int = 0):
 
 
 def reconstruct(args: argparse.Namespace) -> int:
-    from .engine.formats import save_asset
+    from .engine.formats import check_asset_type, save_asset
 
+    _check_output(args.output, check_asset_type)
     save_asset(_reconstruct(args, args.photo, args.seed), args.output)
     console.print(f"wrote {args.output}")
     return 0
@@ -120,7 +173,13 @@ def reconstruct(args: argparse.Namespace) -> int:
 def export(args: argparse.Namespace) -> int:
     from .engine.pipeline import ReconstructionPipeline
     from .engine.reconstruct import reconstruction_device, reconstruction_dtype
-    from .export.build import EngineConfig, build_engines, check_engine, default_engine, pipeline_graphs
+    from .export.build import (
+        EngineConfig,
+        build_engines,
+        check_engine,
+        default_engine,
+        pipeline_graphs,
+    )
 
     if not args.checkpoints:
         raise SystemExit("splatcast export needs --checkpoints (or SPLATCAST_CHECKPOINTS): engines are built from real weights")
@@ -195,9 +254,15 @@ def serve(args: argparse.Namespace) -> int:
 def render(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from .engine.cameras import frame_bounds, intrinsics_from_fov, orbit_camera, single_view
+    from .engine.cameras import (
+        frame_bounds,
+        intrinsics_from_fov,
+        orbit_camera,
+        single_view,
+    )
     from .kernels import reference
 
+    _check_output(args.output, _check_image_type)
     cloud = _load(args.avatar)
     centre, radius = frame_bounds(*cloud.bounds(), args.fov)
     distance = args.distance or radius
@@ -237,7 +302,7 @@ def _engine_options(parser: argparse.ArgumentParser, *cache_aliases: str) -> Non
 def _reconstruction_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoints", default=os.environ.get("SPLATCAST_CHECKPOINTS"),
                         help="folder of the learned pipeline's weights (default: the weight-free path)")
-    parser.add_argument("--gaussians", type=_positive_int, default=50_000, help="size of a weight-free avatar")
+    parser.add_argument("--gaussians", type=_gaussian_budget, default=50_000, help="size of a weight-free avatar")
     _engine_options(parser)
 
 
@@ -250,14 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--avatar", help="a .ply or .splat Gaussian asset (default: the bundled sample)")
     p.add_argument("--photo", help="reconstruct this photo first and stream the result")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--fps", type=_positive_int, default=60, help="stream frame rate")
+    p.add_argument("--port", type=_port, default=8080)
+    p.add_argument("--fps", type=_fps, default=60, help="stream frame rate")
     p.add_argument("--width", type=_positive_int, default=640, help="stream width before the first pose")
     p.add_argument("--height", type=_positive_int, default=480, help="stream height before the first pose")
     p.add_argument("--max-size", type=_size, default=(1920, 1080), help="largest per-view size a client may ask for")
     p.add_argument("--max-sessions", type=_positive_int, default=8)
     p.add_argument("--sessions-per-address", type=_positive_int, default=8, help="sessions one client address may hold (a NAT, a load test)")
-    p.add_argument("--idle-timeout", type=float, default=30.0, help="seconds without a pose before a session ends")
+    p.add_argument("--idle-timeout", type=_idle_seconds, default=30.0, help="seconds without a pose before a session ends")
     p.add_argument("--ice-server", action="append", default=[], help="STUN/TURN URL (repeatable); none by default")
     p.add_argument("--store", help="folder for uploaded and reconstructed avatars (default: a temporary one)")
     p.add_argument("--api-key", help="turn security on (or set SPLATCAST_API_KEY): management calls need it, viewers need tokens")
@@ -286,14 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("render", help="render an avatar to a PNG (CPU reference renderer)")
     p.add_argument("avatar", nargs="?", help="a .ply or .splat asset (default: the bundled sample)")
-    p.add_argument("-o", "--output", required=True, help="PNG to write")
-    p.add_argument("--azimuth", type=float, default=0.0, help="degrees around the vertical axis; 0 faces the avatar")
-    p.add_argument("--elevation", type=float, default=0.0, help="degrees above the horizon")
-    p.add_argument("--distance", type=float, help="metres from the avatar's centre (default: fits the frame)")
-    p.add_argument("--fov", type=float, default=40.0, help="vertical field of view, degrees")
-    p.add_argument("--width", type=_positive_int, default=640)
-    p.add_argument("--height", type=_positive_int, default=480)
-    p.add_argument("--background", type=float, nargs=3, default=(0.08, 0.08, 0.1), metavar=("R", "G", "B"))
+    p.add_argument("-o", "--output", required=True, help="the image to write (.png, or another format Pillow writes)")
+    p.add_argument("--azimuth", type=_azimuth, default=0.0, help="degrees around the vertical axis; 0 faces the avatar")
+    p.add_argument("--elevation", type=_elevation, default=0.0, help="degrees above the horizon")
+    p.add_argument("--distance", type=_distance, help="metres from the avatar's centre (default: fits the frame)")
+    p.add_argument("--fov", type=_fov, default=40.0, help="vertical field of view, degrees")
+    p.add_argument("--width", type=_render_side, default=640)
+    p.add_argument("--height", type=_render_side, default=480)
+    p.add_argument("--background", type=_unit, nargs=3, default=(0.08, 0.08, 0.1), metavar=("R", "G", "B"))
     p.set_defaults(run=render)
 
     p = commands.add_parser("info", help="count, SH degree and bounds of an avatar")

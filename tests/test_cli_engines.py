@@ -6,10 +6,8 @@ import json
 import shutil
 
 import aiohttp
-import cv2
 import pytest
 import torch
-from skimage.data import astronaut
 from splatcast.cli import main
 from splatcast.engine.checkpoints import save_checkpoints
 from splatcast.engine.formats import load_asset
@@ -20,6 +18,7 @@ from splatcast.streaming.server import SERVER_KEY
 
 from .recon_configs import TINY_LRT, TINY_SYNTH, TINY_SYNTH_CONFIG, tiny_synthesizer
 from .test_api import reconstructed, start
+from .test_cli import one_line_error
 from .test_jobs import reconstruction_processes
 
 PIPELINE = {"fit_steps": 10, "max_prior_tokens": 256}
@@ -35,36 +34,21 @@ def checkpoints(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(scope="module")
-def photo(tmp_path_factory):
-    path = tmp_path_factory.mktemp("photo") / "astronaut.png"
-    cv2.imwrite(str(path), cv2.cvtColor(cv2.resize(astronaut(), (128, 128), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR))
-    return path
-
-
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
-
-
-def test_reconstruct_with_the_eager_engine_is_the_pipeline_without_engines(checkpoints, photo, tmp_path):
+def test_reconstruct_with_the_eager_engine_is_the_pipeline_without_engines(checkpoints, photo_file, tmp_path):
     output, cache = tmp_path / "avatar.ply", tmp_path / "engines"
-    code = main(["reconstruct", str(photo), "-o", str(output), "--checkpoints", str(checkpoints), "--engine", "eager", "--engine-cache", str(cache)])
+    code = main(["reconstruct", str(photo_file), "-o", str(output), "--checkpoints", str(checkpoints), "--engine", "eager", "--engine-cache", str(cache)])
     assert code == 0
     cloud = load_asset(output)
     assert len(cloud) == TINY_LRT.num_gaussians
-    reference = ReconstructionPipeline.from_checkpoints(checkpoints, device="cpu", dtype=torch.float32)(photo, progress=False)[0]
+    reference = ReconstructionPipeline.from_checkpoints(checkpoints, device="cpu", dtype=torch.float32)(photo_file, progress=False)[0]
     torch.testing.assert_close(cloud.means, reference.means, rtol=0, atol=1e-6)
     assert not cache.exists(), "the eager engine builds nothing"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed")
-def test_tensorrt_without_the_extra_is_a_one_line_error(checkpoints, photo, tmp_path, capsys):
+def test_tensorrt_without_the_extra_is_a_one_line_error(checkpoints, photo_file, tmp_path, capsys):
     output = tmp_path / "avatar.ply"
-    code = main(["reconstruct", str(photo), "-o", str(output), "--checkpoints", str(checkpoints), "--engine", "tensorrt", "--engine-cache", str(tmp_path)])
+    code = main(["reconstruct", str(photo_file), "-o", str(output), "--checkpoints", str(checkpoints), "--engine", "tensorrt", "--engine-cache", str(tmp_path)])
     assert code == 2 and not output.exists()
     assert "pip install 'splatcast[tensorrt]'" in one_line_error(capsys)
     # serve refuses at start-up, not on the first upload.
@@ -72,29 +56,29 @@ def test_tensorrt_without_the_extra_is_a_one_line_error(checkpoints, photo, tmp_
     assert "pip install 'splatcast[tensorrt]'" in one_line_error(capsys)
 
 
-def test_unknown_engine_is_a_one_line_error(checkpoints, photo, tmp_path, capsys):
-    code = main(["reconstruct", str(photo), "-o", str(tmp_path / "avatar.ply"), "--checkpoints", str(checkpoints), "--engine", "onnx"])
+def test_unknown_engine_is_a_one_line_error(checkpoints, photo_file, tmp_path, capsys):
+    code = main(["reconstruct", str(photo_file), "-o", str(tmp_path / "avatar.ply"), "--checkpoints", str(checkpoints), "--engine", "onnx"])
     assert code == 2
     assert "unknown engine 'onnx': choose one of eager, torch, tensorrt" in one_line_error(capsys)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
-def test_torch_engine_on_the_cpu_is_refused_before_the_weights_are_read(photo, tmp_path, capsys):
+def test_torch_engine_on_the_cpu_is_refused_before_the_weights_are_read(photo_file, tmp_path, capsys):
     """CPU + torch is an error, not a fall back to eager: the user asked for the GPU engine. The
     folder holds no weights at all, so the engine's refusal is what came first."""
-    code = main(["reconstruct", str(photo), "-o", str(tmp_path / "avatar.ply"), "--checkpoints", str(tmp_path), "--engine", "torch"])
+    code = main(["reconstruct", str(photo_file), "-o", str(tmp_path / "avatar.ply"), "--checkpoints", str(tmp_path), "--engine", "torch"])
     assert code == 2
     assert "need a CUDA GPU; use the 'eager' engine" in one_line_error(capsys)
 
 
-def test_missing_checkpoint_files_are_a_one_line_error(photo, tmp_path, capsys):
+def test_missing_checkpoint_files_are_a_one_line_error(photo_file, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:  # as argparse's errors leave main
-        main(["reconstruct", str(photo), "-o", str(tmp_path / "avatar.ply"), "--checkpoints", str(tmp_path), "--engine", "eager"])
+        main(["reconstruct", str(photo_file), "-o", str(tmp_path / "avatar.ply"), "--checkpoints", str(tmp_path), "--engine", "eager"])
     assert exit_info.value.code == 2
     assert "missing checkpoint file(s)" in one_line_error(capsys)
 
 
-def test_a_bad_architecture_file_is_a_one_line_error(checkpoints, photo, tmp_path, capsys):
+def test_a_bad_architecture_file_is_a_one_line_error(checkpoints, photo_file, tmp_path, capsys):
     folder = tmp_path / "checkpoints"
     folder.mkdir()
     for file in checkpoints.iterdir():
@@ -102,7 +86,7 @@ def test_a_bad_architecture_file_is_a_one_line_error(checkpoints, photo, tmp_pat
     (folder / ARCHITECTURE_FILE).unlink()
     (folder / ARCHITECTURE_FILE).write_text(json.dumps({"lrt": {"dims": [32, 64], "depth": [1, 1]}}))
     with pytest.raises(SystemExit) as exit_info:
-        main(["reconstruct", str(photo), "-o", str(tmp_path / "avatar.ply"), "--checkpoints", str(folder), "--engine", "eager"])
+        main(["reconstruct", str(photo_file), "-o", str(tmp_path / "avatar.ply"), "--checkpoints", str(folder), "--engine", "eager"])
     assert exit_info.value.code == 2
     assert "architecture.json does not describe the networks" in one_line_error(capsys)
 
@@ -115,21 +99,21 @@ def test_export_reports_each_graphs_engine_and_its_error(checkpoints, tmp_path, 
         assert "eager" in row and "nothing to build" in row and "0.00e+00" in row, row
 
 
-def test_a_process_loads_its_weights_once_and_anew_when_they_change_on_disk(checkpoints, photo, tmp_path):
+def test_a_process_loads_its_weights_once_and_anew_when_they_change_on_disk(checkpoints, photo_file, tmp_path):
     """What a server's long-lived reconstruction process relies on: the second photo reuses the
     loaded pipeline (same avatar), new weights in the folder are loaded for the next one."""
     folder = tmp_path / "weights"
     shutil.copytree(checkpoints, folder)
     options = {"checkpoints": folder, "engine": "eager", "engine_cache": tmp_path / "engines"}
     learned_pipeline.cache_clear()
-    first = reconstruct_photo(photo, **options)
-    second = reconstruct_photo(photo, **options)
+    first = reconstruct_photo(photo_file, **options)
+    second = reconstruct_photo(photo_file, **options)
     assert learned_pipeline.cache_info()[:2] == (1, 1), "(hits, misses): loaded once"
     torch.testing.assert_close(second.means, first.means, rtol=0, atol=0)
 
     torch.manual_seed(1)
     save_checkpoints(folder, tiny_synthesizer(), LatentReconstructionTransformer(TINY_LRT))
-    third = reconstruct_photo(photo, **options)
+    third = reconstruct_photo(photo_file, **options)
     assert learned_pipeline.cache_info()[1] == 2, "the changed folder was loaded again"
     assert not torch.equal(third.means, first.means)
 

@@ -22,7 +22,7 @@ from .splat import load_splat, save_splat
 _LOADERS = {".ply": load_ply, ".splat": load_splat}
 _SAVERS = {".ply": save_ply, ".splat": save_splat}
 
-__all__ = ["DEFAULT_MAX_GAUSSIANS", "AssetError", "load_asset", "load_ply", "load_splat", "save_asset", "save_ply", "save_splat"]
+__all__ = ["DEFAULT_MAX_GAUSSIANS", "AssetError", "check_asset_type", "load_asset", "load_ply", "load_splat", "save_asset", "save_ply", "save_splat"]
 
 
 def load_asset(path: str | os.PathLike, max_gaussians: int | None = DEFAULT_MAX_GAUSSIANS) -> GaussianCloud:
@@ -36,9 +36,15 @@ def load_asset(path: str | os.PathLike, max_gaussians: int | None = DEFAULT_MAX_
     return _LOADERS[suffix](path, max_gaussians)
 
 
-def save_asset(cloud: GaussianCloud, path: str | os.PathLike) -> None:
-    """Write ``cloud`` in the format its extension names (``.ply`` keeps every SH band; ``.splat`` only the DC)."""
+def check_asset_type(path: str | os.PathLike) -> str:
+    """The extension of a path ``save_asset`` can write; raises ``AssetError`` for any other, so
+    that a caller can check its output before the work that produces the cloud."""
     suffix = Path(path).suffix.lower()
     if suffix not in _SAVERS:
         raise AssetError(f"{path}: unknown asset type {suffix!r}: expected .ply or .splat")
-    _SAVERS[suffix](cloud, path)
+    return suffix
+
+
+def save_asset(cloud: GaussianCloud, path: str | os.PathLike) -> None:
+    """Write ``cloud`` in the format its extension names (``.ply`` keeps every SH band; ``.splat`` only the DC)."""
+    _SAVERS[check_asset_type(path)](cloud, path)
