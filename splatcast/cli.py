@@ -141,12 +141,26 @@ def _checkpoint_errors() -> Iterator[None]:
         raise SystemExit(_report(error)) from None
 
 
+def _check_learned_pipeline(args: argparse.Namespace) -> None:
+    """The engine asked for can run here and every weight file is in the checkpoint folder:
+    errors now, not after a photo's segmentation or on a server's first upload."""
+    from .engine.checkpoints import checkpoint_paths
+    from .engine.reconstruct import engine_config, reconstruction_device
+    from .export.build import check_engine
+
+    check_engine(engine_config(args.engine), reconstruction_device())
+    if not Path(args.checkpoints).is_dir():
+        raise FileNotFoundError(f"checkpoint folder {args.checkpoints} does not exist")
+    with _checkpoint_errors():
+        checkpoint_paths(args.checkpoints)
+
+
 def _reconstruct(args: argparse.Namespace, photo: str, seed: int = 0):
     from .engine.reconstruct import reconstruct_photo
 
     checkpoints = args.checkpoints
-    if checkpoints is not None and not Path(checkpoints).is_dir():
-        raise FileNotFoundError(f"checkpoint folder {checkpoints} does not exist")
+    if checkpoints is not None:
+        _check_learned_pipeline(args)
     with console.status(f"reconstructing {photo}") as status, _checkpoint_errors() if checkpoints else nullcontext():
         cloud = reconstruct_photo(
             photo,
@@ -208,11 +222,8 @@ def serve(args: argparse.Namespace) -> int:
 
     if args.photo and args.avatar:
         raise SystemExit("give --avatar or --photo, not both")
-    if args.checkpoints:  # refuse an engine that cannot run here now, not on the first upload
-        from .engine.reconstruct import engine_config, reconstruction_device
-        from .export.build import check_engine
-
-        check_engine(engine_config(args.engine), reconstruction_device())
+    if args.checkpoints:
+        _check_learned_pipeline(args)
     if args.photo:
         from .engine.reconstruct import learned_pipeline
 

@@ -247,6 +247,8 @@ def _child_main(reconstruct: Reconstruct, prepare: Prepare | None, connection: C
     if prepare is not None:
         try:
             prepare()
+        except ValueError as error:  # weights that are missing or do not fit: the user's to mend
+            logger.error("preparing the reconstruction failed: %s", error)
         except Exception:
             logger.exception("preparing the reconstruction failed")
     while True:

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 import torch
 from splatcast.cli import main
-from splatcast.engine.checkpoints import save_checkpoints
+from splatcast.engine.checkpoints import CHECKPOINT_FILES, save_checkpoints
 from splatcast.engine.formats import load_asset
 from splatcast.engine.lrt import LatentReconstructionTransformer
 from splatcast.engine.pipeline import ARCHITECTURE_FILE, ReconstructionPipeline
@@ -71,11 +71,29 @@ def test_torch_engine_on_the_cpu_is_refused_before_the_weights_are_read(photo_fi
     assert "need a CUDA GPU; use the 'eager' engine" in one_line_error(capsys)
 
 
-def test_missing_checkpoint_files_are_a_one_line_error(photo_file, tmp_path, capsys):
+def command_line(command: str, photo_file, tmp_path) -> list[str]:
+    """``reconstruct`` of the photo or ``serve``, before their checkpoint options."""
+    return ["reconstruct", str(photo_file), "-o", str(tmp_path / "avatar.ply")] if command == "reconstruct" else ["serve", "--port", "0"]
+
+
+@pytest.mark.parametrize("command", ["reconstruct", "serve"])
+def test_missing_checkpoint_files_are_a_one_line_error_before_any_work(photo_file, tmp_path, capsys, command):
+    """``serve`` too refuses at start, not on its first upload; every missing file is named."""
+    (tmp_path / "vae.safetensors").write_bytes(b"")
+    argv = command_line(command, photo_file, tmp_path)
     with pytest.raises(SystemExit) as exit_info:  # as argparse's errors leave main
-        main(["reconstruct", str(photo_file), "-o", str(tmp_path / "avatar.ply"), "--checkpoints", str(tmp_path), "--engine", "eager"])
+        main([*argv, "--checkpoints", str(tmp_path), "--engine", "eager"])
     assert exit_info.value.code == 2
-    assert "missing checkpoint file(s)" in one_line_error(capsys)
+    line = one_line_error(capsys)
+    assert line.startswith("error: missing checkpoint file(s)")
+    assert all((name in line) == (name != "vae.safetensors") for name in CHECKPOINT_FILES.values())
+
+
+@pytest.mark.parametrize("command", ["reconstruct", "serve"])
+def test_a_missing_checkpoint_folder_is_a_one_line_error(photo_file, tmp_path, capsys, command):
+    argv = command_line(command, photo_file, tmp_path)
+    assert main([*argv, "--checkpoints", str(tmp_path / "missing")]) == 2
+    assert one_line_error(capsys) == f"error: checkpoint folder {tmp_path / 'missing'} does not exist"
 
 
 def test_a_bad_architecture_file_is_a_one_line_error(checkpoints, photo_file, tmp_path, capsys):
