@@ -215,24 +215,10 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
+def _server_config(args: argparse.Namespace):
+    from .streaming.server import ServerConfig
 
-    from .streaming.server import AccessLogger, ServerConfig, create_app
-
-    if args.photo and args.avatar:
-        raise SystemExit("give --avatar or --photo, not both")
-    if args.checkpoints:
-        _check_learned_pipeline(args)
-    if args.photo:
-        from .engine.reconstruct import learned_pipeline
-
-        cloud, avatar_id = _reconstruct(args, args.photo), Path(args.photo).stem
-        learned_pipeline.cache_clear()  # uploads go to a reconstruction process with its own; free this one's memory
-    else:
-        cloud = _load(args.avatar)
-        avatar_id = Path(args.avatar).stem if args.avatar else "sample"
-    config = ServerConfig(
+    return ServerConfig(
         host=args.host,
         port=args.port,
         fps=args.fps,
@@ -244,6 +230,8 @@ def serve(args: argparse.Namespace) -> int:
         sessions_per_address=args.sessions_per_address,
         idle_timeout=args.idle_timeout,
         ice_servers=args.ice_server,
+        turn_username=args.turn_username,
+        turn_credential=args.turn_credential or os.environ.get("SPLATCAST_TURN_CREDENTIAL"),
         store_dir=args.store,
         checkpoints=args.checkpoints,
         engine=args.engine,
@@ -254,6 +242,29 @@ def serve(args: argparse.Namespace) -> int:
         switch_interval_ms=args.switch_interval_ms,
         late_start=args.late_start,
     )
+
+
+def serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .streaming.server import AccessLogger, create_app
+
+    if args.photo and args.avatar:
+        raise SystemExit("give --avatar or --photo, not both")
+    try:  # before any photo is reconstructed
+        config = _server_config(args)
+    except ValueError as error:  # settings that do not fit together: a TURN URL without credentials
+        return _report(error)
+    if args.checkpoints:
+        _check_learned_pipeline(args)
+    if args.photo:
+        from .engine.reconstruct import learned_pipeline
+
+        cloud, avatar_id = _reconstruct(args, args.photo), Path(args.photo).stem
+        learned_pipeline.cache_clear()  # uploads go to a reconstruction process with its own; free this one's memory
+    else:
+        cloud = _load(args.avatar)
+        avatar_id = Path(args.avatar).stem if args.avatar else "sample"
     with console.status(f"preparing {avatar_id} ({len(cloud):,} Gaussians) for streaming"):
         app = create_app({avatar_id: cloud}, config)
     url = f"http://{'localhost' if args.host in ('127.0.0.1', '0.0.0.0') else args.host}:{args.port}/"
@@ -334,7 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sessions", type=_positive_int, default=8)
     p.add_argument("--sessions-per-address", type=_positive_int, default=8, help="sessions one client address may hold (a NAT, a load test)")
     p.add_argument("--idle-timeout", type=_idle_seconds, default=30.0, help="seconds without a pose before a session ends")
-    p.add_argument("--ice-server", action="append", default=[], help="STUN/TURN URL (repeatable); none by default")
+    p.add_argument("--ice-server", action="append", default=[], help="STUN/TURN URL (repeatable; aiortc uses the first of each kind); none by default")
+    p.add_argument("--turn-username", help="the TURN server's long-term credential user")
+    p.add_argument("--turn-credential", help="its password (or set SPLATCAST_TURN_CREDENTIAL, which keeps it out of the process list)")
     p.add_argument("--store", help="folder for uploaded and reconstructed avatars (default: a temporary one)")
     p.add_argument("--api-key", help="turn security on (or set SPLATCAST_API_KEY): management calls need it, viewers need tokens")
     p.add_argument("--workers", type=_workers, default=1, help="processes hosting the sessions (0: half the CPUs this process may use)")

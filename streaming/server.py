@@ -22,6 +22,7 @@ from importlib import resources
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.rtcicetransport import parse_stun_turn_uri
 from aiortc.sdp import SessionDescription
 
 from ..config import usable_cpu_count
@@ -70,7 +71,11 @@ class ServerConfig:
     time but cost more CPU per frame, which a full server cannot spare."""
     background: tuple[float, float, float] = (0.08, 0.08, 0.1)
     ice_servers: list[str] = field(default_factory=list)
-    """STUN/TURN URLs. Empty by default: aiortc would otherwise ask a public STUN server."""
+    """STUN/TURN URLs (``stun:host:port``, ``turn:host:port?transport=tcp``). Empty by default:
+    aiortc would otherwise ask a public STUN server. aiortc uses the first of each kind."""
+    turn_username: str | None = None
+    turn_credential: str | None = None
+    """The TURN servers' long-term credentials; a TURN URL without them is refused at start."""
     checkpoints: str | None = None
     """Weights of the learned reconstruction; None: photos go through the weight-free path."""
     engine: str | None = None
@@ -100,7 +105,29 @@ class ServerConfig:
     waits for the GIL until the busy event loop yields it or this interval ends."""
 
     def __post_init__(self) -> None:
-        checked_late_start(self.late_start)  # at start-up, not at each session's offer
+        # At start-up, not at each session's offer, where they would fail every viewer.
+        checked_late_start(self.late_start)
+        self.rtc_configuration()
+
+    @property
+    def uses_turn(self) -> bool:
+        return any(url.startswith("turn") for url in self.ice_servers)
+
+    def rtc_configuration(self) -> RTCConfiguration:
+        """The peer connections' ICE servers, each URL checked by aiortc's own parser."""
+        servers = []
+        for url in self.ice_servers:
+            try:
+                scheme = parse_stun_turn_uri(url)["scheme"]
+            except ValueError as error:
+                raise ValueError(f"ICE server {url!r}: {error} (expected stun:HOST[:PORT] or turn:HOST[:PORT][?transport=udp|tcp])") from None
+            if scheme.startswith("turn"):
+                if not (self.turn_username and self.turn_credential):
+                    raise ValueError(f"TURN server {url!r} needs a username and a credential")
+                servers.append(RTCIceServer(url, username=self.turn_username, credential=self.turn_credential))
+            else:
+                servers.append(RTCIceServer(url))
+        return RTCConfiguration(iceServers=servers)
 
     def session_encoder_threads(self) -> int:
         return self.encoder_threads or max(1, usable_cpu_count() // self.max_sessions)
@@ -307,8 +334,7 @@ class StreamingServer:
     async def offer(self, request: web.Request) -> web.Response:
         body, avatar, token_id = await self._admit_offer(request)
         renderer = await self._renderer(avatar)
-        ice = [RTCIceServer(url) for url in self.config.ice_servers]
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
+        pc = RTCPeerConnection(self.config.rtc_configuration())
         track = AvatarTrack(
             avatar.default_views(*self.default_size), self.config.fps, self.config.bitrate_bounds, self.config.session_encoder_threads(),
             late_start=self.config.late_start,
@@ -328,6 +354,8 @@ class StreamingServer:
             raise web.HTTPBadRequest(text=f"bad SDP offer: {error}") from None
 
         session_id = request.get(ASSIGNED_SESSION_ID) or new_session_id()
+        if self.config.uses_turn and " typ relay " not in pc.localDescription.sdp:  # aioice drops a refused allocation silently
+            logger.warning("session %s: the TURN server gave no relay candidate (credentials refused, or the server unreachable)", session_id)
         session = Session(pc, track, avatar.id, self.limits, self.metrics, token_id=token_id, address=request.remote, id=session_id)
         track.on_frame = session.on_frame
         pc.on("datachannel", lambda channel: session.attach_channel(channel) if channel.label == "pose" else None)

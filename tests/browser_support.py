@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from .debian_packages import ensure_installed
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
     "--disable-gpu",
@@ -33,34 +35,14 @@ CHROMIUM_FLAGS = [
     "--disable-features=WebRtcHideLocalIpsWithMdns",
 ]
 
-_install_failure: str | None = None
-
 WEBXR_EMULATOR = ("iwer@2.5.0", "package/build/iwer.min.js", "23d8640949f19db4b1e70398b30e084e4aa555f3a81e4329da3fac1a70b39542")
 """npm package, the UMD build inside its tarball, and that file's SHA-256."""
 TEST_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "splatcast-tests"
 
 
 def ensure_chromium() -> Path:
-    """The Chromium binary, installed with apt when missing; skips the test when it cannot be."""
-    global _install_failure
-    if CHROMIUM.exists():
-        return CHROMIUM
-    if _install_failure is None:
-        if os.geteuid() != 0 or shutil.which("apt-get") is None:
-            _install_failure = f"{CHROMIUM} is missing and only root can install Debian's chromium (apt-get install chromium)"
-        else:
-            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-            for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
-                done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-                if done.returncode != 0:
-                    _install_failure = f"`{' '.join(command)}` failed: {done.stderr.strip()[-500:]}"
-                    break
-            else:
-                if not CHROMIUM.exists():
-                    _install_failure = f"apt-get installed chromium but {CHROMIUM} is still missing"
-    if _install_failure is not None:
-        pytest.skip(_install_failure)
-    return CHROMIUM
+    """Debian's Chromium, installed when missing; skips the test when it cannot be."""
+    return ensure_installed(CHROMIUM, "chromium")
 
 
 @dataclass
