@@ -232,6 +232,7 @@ def _server_config(args: argparse.Namespace):
         ice_servers=args.ice_server,
         turn_username=args.turn_username,
         turn_credential=args.turn_credential or os.environ.get("SPLATCAST_TURN_CREDENTIAL"),
+        turn_secret=args.turn_secret or os.environ.get("SPLATCAST_TURN_SECRET"),
         store_dir=args.store,
         checkpoints=args.checkpoints,
         engine=args.engine,
@@ -253,7 +254,7 @@ def serve(args: argparse.Namespace) -> int:
         raise SystemExit("give --avatar or --photo, not both")
     try:  # before any photo is reconstructed
         config = _server_config(args)
-    except ValueError as error:  # settings that do not fit together: a TURN URL without credentials
+    except ValueError as error:  # settings that do not fit together: a TURN URL without credentials, say
         return _report(error)
     if args.checkpoints:
         _check_learned_pipeline(args)
@@ -348,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ice-server", action="append", default=[], help="STUN/TURN URL (repeatable; aiortc uses the first of each kind); none by default")
     p.add_argument("--turn-username", help="the TURN server's long-term credential user")
     p.add_argument("--turn-credential", help="its password (or set SPLATCAST_TURN_CREDENTIAL, which keeps it out of the process list)")
+    p.add_argument("--turn-secret", help="instead: the TURN server's shared secret (coturn's static-auth-secret; or set SPLATCAST_TURN_SECRET), "
+                   "from which expiring credentials are minted for the server and each viewer")
     p.add_argument("--store", help="folder for uploaded and reconstructed avatars (default: a temporary one)")
     p.add_argument("--api-key", help="turn security on (or set SPLATCAST_API_KEY): management calls need it, viewers need tokens")
     p.add_argument("--workers", type=_workers, default=1, help="processes hosting the sessions (0: half the CPUs this process may use)")

@@ -37,7 +37,7 @@ def openapi_spec() -> dict:
             "title": "splatcast",
             "version": api_version,
             "description": "Upload a photo or a Gaussian asset, get an avatar, stream it over WebRTC. "
-            "With an API key configured, management calls need `Authorization: Bearer <key>` and /offer needs a viewer token.",
+            "With an API key configured, management calls need `Authorization: Bearer <key>`, and /ice and /offer need a viewer token.",
         },
         "components": {
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
@@ -67,6 +67,22 @@ def openapi_spec() -> dict:
                         "token": {"type": "string"},
                     },
                 },
+                "Viewer": {"type": "object", "properties": {"avatar": {"type": "string"}, "token": {"type": "string"}}},
+                "IceServers": {
+                    "type": "object",
+                    "required": ["iceServers", "expires"],
+                    "properties": {
+                        "iceServers": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["urls"],
+                                "properties": {"urls": {"type": "array", "items": {"type": "string"}}, "username": {"type": "string"}, "credential": {"type": "string"}},
+                            },
+                        },
+                        "expires": {"type": "integer", "nullable": True, "description": "unix time the TURN credentials expire; null without any"},
+                    },
+                },
                 "Answer": {
                     "type": "object",
                     "required": ["sdp", "type", "session"],
@@ -81,6 +97,19 @@ def openapi_spec() -> dict:
                     "summary": "Default orbit of an avatar and the stream's default size",
                     "parameters": [{"name": "avatar", "in": "query", "required": False, "schema": {"type": "string"}}],
                     "responses": {"200": {"description": "scene"}, "404": _error("unknown avatar")},
+                }
+            },
+            "/ice": {
+                "post": {
+                    "summary": "ICE servers for a viewer's RTCPeerConnection; TURN credentials minted for it, expiring",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Viewer"}}}},
+                    "responses": {
+                        "200": {"description": "iceServers", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/IceServers"}}}},
+                        "400": _error("malformed JSON"),
+                        "401": _error("missing, invalid or expired viewer token"),
+                        "403": _error("token for another avatar"),
+                        "404": _error("unknown avatar"),
+                    },
                 }
             },
             "/offer": {

@@ -21,19 +21,19 @@ from importlib import resources
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-from aiortc.rtcicetransport import parse_stun_turn_uri
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
 from ..config import usable_cpu_count
 from ..engine.cameras import Views, frame_bounds, intrinsics_from_fov, orbit_camera, single_view
 from ..engine.gaussians import GaussianCloud
 from .api import AvatarAPI
-from .auth import Authority
+from .auth import Authority, ViewerToken
 from .avatar_store import AvatarStore
 from .feedback import forward_feedback
-from .http_errors import json_errors
 from .frames import FrameRenderer
+from .http_errors import json_errors
+from .ice import IceServers
 from .jobs import Reconstruct, ReconstructionQueue, load_learned_pipeline, reconstruct_uploaded_photo
 from .metrics import StreamMetrics
 from .openapi import openapi_spec
@@ -75,7 +75,10 @@ class ServerConfig:
     aiortc would otherwise ask a public STUN server. aiortc uses the first of each kind."""
     turn_username: str | None = None
     turn_credential: str | None = None
-    """The TURN servers' long-term credentials; a TURN URL without them is refused at start."""
+    """Long-term TURN credentials, for the server's own connections (``ice``)."""
+    turn_secret: str | None = None
+    """A secret shared with the TURN server, from which expiring credentials are minted for the
+    server and for viewers (``ice``); the alternative to ``turn_username``/``turn_credential``."""
     checkpoints: str | None = None
     """Weights of the learned reconstruction; None: photos go through the weight-free path."""
     engine: str | None = None
@@ -107,27 +110,10 @@ class ServerConfig:
     def __post_init__(self) -> None:
         # At start-up, not at each session's offer, where they would fail every viewer.
         checked_late_start(self.late_start)
-        self.rtc_configuration()
+        self.ice()
 
-    @property
-    def uses_turn(self) -> bool:
-        return any(url.startswith("turn") for url in self.ice_servers)
-
-    def rtc_configuration(self) -> RTCConfiguration:
-        """The peer connections' ICE servers, each URL checked by aiortc's own parser."""
-        servers = []
-        for url in self.ice_servers:
-            try:
-                scheme = parse_stun_turn_uri(url)["scheme"]
-            except ValueError as error:
-                raise ValueError(f"ICE server {url!r}: {error} (expected stun:HOST[:PORT] or turn:HOST[:PORT][?transport=udp|tcp])") from None
-            if scheme.startswith("turn"):
-                if not (self.turn_username and self.turn_credential):
-                    raise ValueError(f"TURN server {url!r} needs a username and a credential")
-                servers.append(RTCIceServer(url, username=self.turn_username, credential=self.turn_credential))
-            else:
-                servers.append(RTCIceServer(url))
-        return RTCConfiguration(iceServers=servers)
+    def ice(self) -> IceServers:
+        return IceServers(tuple(self.ice_servers), self.turn_username, self.turn_credential, self.turn_secret)
 
     def session_encoder_threads(self) -> int:
         return self.encoder_threads or max(1, usable_cpu_count() // self.max_sessions)
@@ -202,6 +188,7 @@ class StreamingServer:
         self._scratch = None if config.store_dir else tempfile.TemporaryDirectory(prefix="splatcast-avatars-")
         self.store = AvatarStore(config.store_dir or self._scratch.name, config.max_gaussians)
         self.authority = Authority(config.api_key)
+        self.ice = config.ice()
         prepare = None
         if reconstruct is None:
             options = {"checkpoints": config.checkpoints, "engine": config.engine, "engine_cache": config.engine_cache}
@@ -270,6 +257,7 @@ class StreamingServer:
         app.router.add_static("/static/", str(web_root))
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/scene", self.scene)
+        app.router.add_post("/ice", self.ice_servers)
         app.router.add_post("/offer", self.offer)
         app.router.add_get("/metrics", self.prometheus)
         app.router.add_get("/openapi.json", self.openapi)
@@ -311,22 +299,32 @@ class StreamingServer:
             {"avatar": avatar.id, "centre": avatar.centre, "radius": avatar.radius, "width": width, "height": height, "fps": self.config.fps}
         )
 
-    async def _admit_offer(self, request: web.Request) -> tuple[dict, Avatar, str | None]:
-        """(offer body, avatar, viewer token id) of an offer that passes validation, auth and the
-        session limits; raises the HTTP error to answer otherwise."""
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            raise web.HTTPBadRequest(text="body must be JSON: {\"sdp\": ..., \"type\": \"offer\"}") from None
-        if not isinstance(body, dict) or not isinstance(body.get("sdp"), str) or body.get("type") != "offer":
-            raise web.HTTPBadRequest(text="body must be {\"sdp\": <string>, \"type\": \"offer\"}")
-        if len(body["sdp"]) > MAX_SDP_BYTES:
-            raise web.HTTPRequestEntityTooLarge(MAX_SDP_BYTES, len(body["sdp"]), text=f"SDP larger than {MAX_SDP_BYTES} bytes")
+    async def ice_servers(self, request: web.Request) -> web.Response:
+        """The ICE servers a viewer's browser should use, TURN credentials minted for it: only for
+        a viewer the server would admit, as they let their holder use the TURN server."""
+        body = await _json_object(request, "{\"avatar\"?: <string>, \"token\"?: <string>}")
+        avatar, viewer = await self._admitted_viewer(body)
+        label = viewer.token_id if viewer is not None else new_session_id()
+        return web.json_response(self.ice.for_viewer(f"{avatar.id}-{label}"))
+
+    async def _admitted_viewer(self, body: dict) -> tuple[Avatar, ViewerToken | None]:
+        """The avatar a request body names and its viewer token's claims (None with auth off);
+        raises the HTTP error to answer for an unknown avatar or a token that does not admit it."""
         avatar_id = body.get("avatar")
         if avatar_id is not None and not isinstance(avatar_id, str):
             raise web.HTTPBadRequest(text="avatar must be a string id")
         avatar = await self._offered_avatar(avatar_id)
-        viewer = self.authority.check_viewer(body.get("token"), avatar.id)
+        return avatar, self.authority.check_viewer(body.get("token"), avatar.id)
+
+    async def _admit_offer(self, request: web.Request) -> tuple[dict, Avatar, str | None]:
+        """(offer body, avatar, viewer token id) of an offer that passes validation, auth and the
+        session limits; raises the HTTP error to answer otherwise."""
+        body = await _json_object(request, "{\"sdp\": <string>, \"type\": \"offer\"}")
+        if not isinstance(body.get("sdp"), str) or body.get("type") != "offer":
+            raise web.HTTPBadRequest(text="body must be {\"sdp\": <string>, \"type\": \"offer\"}")
+        if len(body["sdp"]) > MAX_SDP_BYTES:
+            raise web.HTTPRequestEntityTooLarge(MAX_SDP_BYTES, len(body["sdp"]), text=f"SDP larger than {MAX_SDP_BYTES} bytes")
+        avatar, viewer = await self._admitted_viewer(body)
         token_id = viewer.token_id if viewer is not None else None
         self.sessions.reserve(token_id, request.remote)
         return body, avatar, token_id
@@ -334,7 +332,7 @@ class StreamingServer:
     async def offer(self, request: web.Request) -> web.Response:
         body, avatar, token_id = await self._admit_offer(request)
         renderer = await self._renderer(avatar)
-        pc = RTCPeerConnection(self.config.rtc_configuration())
+        pc = RTCPeerConnection(self.ice.for_server())
         track = AvatarTrack(
             avatar.default_views(*self.default_size), self.config.fps, self.config.bitrate_bounds, self.config.session_encoder_threads(),
             late_start=self.config.late_start,
@@ -354,7 +352,7 @@ class StreamingServer:
             raise web.HTTPBadRequest(text=f"bad SDP offer: {error}") from None
 
         session_id = request.get(ASSIGNED_SESSION_ID) or new_session_id()
-        if self.config.uses_turn and " typ relay " not in pc.localDescription.sdp:  # aioice drops a refused allocation silently
+        if self.ice.turn_urls and " typ relay " not in pc.localDescription.sdp:  # aioice drops a refused allocation silently
             logger.warning("session %s: the TURN server gave no relay candidate (credentials refused, or the server unreachable)", session_id)
         session = Session(pc, track, avatar.id, self.limits, self.metrics, token_id=token_id, address=request.remote, id=session_id)
         track.on_frame = session.on_frame
@@ -367,6 +365,17 @@ class StreamingServer:
         self.render_loop.add(track, renderer)
         logger.info("session %s: avatar %s, codec %s", session.id, avatar.id, track.codec_mime)
         return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session": session.id})
+
+
+async def _json_object(request: web.Request, shape: str) -> dict:
+    """The request's JSON object body; 400, naming ``shape``, for anything else."""
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise web.HTTPBadRequest(text=f"body must be JSON: {shape}") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text=f"body must be {shape}")
+    return body
 
 
 def create_app(

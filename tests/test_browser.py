@@ -19,6 +19,7 @@ from splatcast.streaming.server import SERVER_KEY, ServerConfig, create_app
 
 from .browser_support import chromium_page
 from .test_streaming import figure_cloud, wait_for
+from .turn_support import shared_secret, turn_server
 
 pytestmark = pytest.mark.browser
 
@@ -28,8 +29,8 @@ BACKGROUND = (0.08, 0.08, 0.1)
 
 
 @asynccontextmanager
-async def serve(max_sessions: int = 2):
-    config = ServerConfig(fps=30, width=WIDTH, height=HEIGHT, max_sessions=max_sessions, idle_timeout=10.0, background=BACKGROUND)
+async def serve(max_sessions: int = 2, **settings):
+    config = ServerConfig(fps=30, width=WIDTH, height=HEIGHT, max_sessions=max_sessions, idle_timeout=10.0, background=BACKGROUND, **settings)
     async with TestServer(create_app({"figure": figure_cloud()}, config), host="127.0.0.1") as test_server:
         yield test_server
 
@@ -320,3 +321,14 @@ async def test_frame_log_pairs_a_frame_presented_before_its_message(server, brow
     assert result["early"] is None and result["superseded"] is None and result["stale"] is None
     assert result["late"] == 8 and result["again"] is None
     assert result["seq"] == 8 and result["latency"] == pytest.approx(88 - 80)
+
+
+async def test_page_streams_through_a_turn_relay_alone(browser, tmp_path):
+    """With ``?ice=relay`` the page may use relay candidates only: every frame crosses a real coturn,
+    on the credentials the server minted for this viewer (``POST /ice``)."""
+    secret = "browser-s3cret"
+    with turn_server(shared_secret(secret), tmp_path) as turn_url:
+        async with serve(ice_servers=[turn_url], turn_secret=secret) as server:
+            await browser.page.goto(url(server, "/?ice=relay"))
+            streaming = await wait_for_stats(browser.page, lambda s: s["framesDecoded"] >= 10, 30, "frames decoded through the relay")
+    assert streaming["route"] == "relay" and streaming["connectionState"] == "connected"

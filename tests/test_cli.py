@@ -67,7 +67,7 @@ def test_out_of_range_options_are_usage_errors(capsys, argv, message):
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--ice-server", "relay.example.org"], "error: ICE server 'relay.example.org': malformed uri: invalid scheme"),
-    (["--ice-server", "turn:relay.example.org", "--turn-username", "viewer"], "error: TURN server 'turn:relay.example.org' needs a username and a credential"),
+    (["--ice-server", "turn:relay.example.org", "--turn-username", "viewer"], "error: TURN server 'turn:relay.example.org' needs a shared secret, or a username and a credential"),
 ])
 def test_serve_refuses_ice_servers_it_could_not_use_before_starting(capsys, argv, message):
     assert main(["serve", "--port", "0", *argv]) == 2

@@ -1,75 +1,120 @@
-"""ICE servers: a real TURN server (Debian's coturn, on loopback) allocates each session a relay
-candidate with the configured credentials; refused credentials are logged and the session streams
-on its host candidates; malformed URLs and TURN without credentials are refused at start.
+"""ICE servers against a real TURN server (Debian's coturn, on loopback): the server's sessions get
+a relay candidate with the right long-term credentials or shared secret, and log the refusal
+otherwise; ``POST /ice`` mints a viewer credentials that the TURN server accepts, only for a
+viewer the server admits; malformed URLs and TURN without credentials are refused at start.
 
-On loopback the viewer reaches the server's host candidate either way: what is tested is what the
-credentials decide, the relay allocation that a viewer behind a firewall would need."""
+On loopback the viewer reaches the server's host candidate either way: what is tested here is what
+the credentials decide, the relay allocation that a peer behind a firewall needs (the browser test
+streams through the relay alone)."""
 
+import base64
+import hashlib
+import hmac
 import logging
-import socket
-import subprocess
 import time
-from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from splatcast.streaming.server import ServerConfig, create_app
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+from splatcast.streaming.ice import CREDENTIAL_LIFETIME_S
+from splatcast.streaming.server import SERVER_KEY, ServerConfig, create_app
 
-from .debian_packages import ensure_installed
-from .test_streaming import figure_cloud, streaming_viewer
+from .test_api import API_KEY
+from .test_streaming import base_url, figure_cloud, streaming_viewer
+from .turn_support import long_term_user, relay_candidates, shared_secret, turn_server
 
-TURN_SERVER = Path("/usr/bin/turnserver")
-USER, PASSWORD = "splatcast", "s3cret"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+USER, PASSWORD, SECRET = "splatcast", "s3cret", "shared-s3cret"
 
 
 @pytest.fixture(scope="module")
-def turn_url(tmp_path_factory):
-    """coturn on 127.0.0.1 with one long-term user, relaying from 127.0.0.1."""
-    binary = ensure_installed(TURN_SERVER, "coturn")
-    port, db = free_port(), tmp_path_factory.mktemp("turn") / "turndb"
-    command = [str(binary), "-n", "--no-cli", "--no-tls", "--no-dtls", "--listening-ip", "127.0.0.1", "--listening-port", str(port),
-               "--relay-ip", "127.0.0.1", "--lt-cred-mech", "--user", f"{USER}:{PASSWORD}", "--realm", "splatcast.test",
-               "--userdb", str(db), "--log-file", "stdout", "--simple-log"]
-    turn = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:  # it listens on TCP beside UDP: a connection says it is up
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                if turn.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"turnserver did not start (exit {turn.poll()})")
-                time.sleep(0.1)
-        yield f"turn:127.0.0.1:{port}"
-    finally:
-        turn.kill()
-        turn.wait()
+def long_term_turn(tmp_path_factory):
+    with turn_server(long_term_user(USER, PASSWORD), tmp_path_factory.mktemp("turn-users")) as url:
+        yield url
 
 
-def relay_candidates(sdp: str) -> list[str]:
-    return [line for line in sdp.splitlines() if line.startswith("a=candidate:") and " typ relay " in line]
+@pytest.fixture(scope="module")
+def secret_turn(tmp_path_factory):
+    with turn_server(shared_secret(SECRET), tmp_path_factory.mktemp("turn-secret")) as url:
+        yield url
+
+
+def serving(**settings) -> TestServer:
+    config = ServerConfig(fps=30, width=64, height=48, **settings)
+    return TestServer(create_app({"figure": figure_cloud(300)}, config), host="127.0.0.1")
+
+
+async def server_relays(server, caplog) -> tuple[list[str], int]:
+    """A viewer's session: the relay candidates of the server's answer, and the warnings that it had none."""
+    with caplog.at_level(logging.WARNING, logger="splatcast.streaming.server"):
+        viewer, session, _ = await streaming_viewer(server, frames=3)  # it streams either way (host candidates)
+    await viewer.close()
+    warnings = sum("gave no relay candidate" in r.getMessage() for r in caplog.records)
+    return relay_candidates(session.pc.localDescription.sdp), warnings
 
 
 @pytest.mark.parametrize("password", [PASSWORD, "wrong"])
-async def test_sessions_get_a_relay_candidate_only_with_the_right_turn_credentials(turn_url, caplog, password):
-    config = ServerConfig(fps=30, width=64, height=48, ice_servers=[turn_url], turn_username=USER, turn_credential=password)
-    async with TestServer(create_app({"figure": figure_cloud(300)}, config), host="127.0.0.1") as server:
-        with caplog.at_level(logging.WARNING, logger="splatcast.streaming.server"):
-            viewer, session, _ = await streaming_viewer(server, frames=3)  # streams either way (host candidates on loopback)
-        relays = relay_candidates(session.pc.localDescription.sdp)
-        refused = [r for r in caplog.records if "gave no relay candidate" in r.getMessage()]
-        if password == PASSWORD:
-            assert relays and all(" 127.0.0.1 " in line for line in relays) and not refused
-        else:
-            assert not relays and len(refused) == 1
-        await viewer.close()
+async def test_long_term_credentials_get_the_server_a_relay_candidate_only_when_right(long_term_turn, caplog, password):
+    async with serving(ice_servers=[long_term_turn], turn_username=USER, turn_credential=password) as server:
+        relays, warnings = await server_relays(server, caplog)
+    if password == PASSWORD:
+        assert relays and all(" 127.0.0.1 " in line for line in relays) and warnings == 0
+    else:
+        assert not relays and warnings == 1
+
+
+@pytest.mark.parametrize("secret", [SECRET, "wrong"])
+async def test_a_shared_secret_mints_the_server_credentials_the_turn_server_accepts(secret_turn, caplog, secret):
+    async with serving(ice_servers=[secret_turn], turn_secret=secret) as server:
+        relays, warnings = await server_relays(server, caplog)
+    assert (bool(relays), warnings) == ((True, 0) if secret == SECRET else (False, 1))
+
+
+async def gathered_relays(ice: dict) -> list[str]:
+    """Relay candidates a real aiortc peer gathers with a viewer's ``iceServers``."""
+    servers = [RTCIceServer(s["urls"], username=s.get("username"), credential=s.get("credential")) for s in ice["iceServers"]]
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+    try:
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        return relay_candidates(pc.localDescription.sdp)
+    finally:
+        await pc.close()
+
+
+async def test_viewers_get_minted_turn_credentials_that_the_turn_server_accepts(secret_turn):
+    stun = secret_turn.replace("turn:", "stun:")  # coturn answers STUN too
+    async with serving(ice_servers=[stun, secret_turn], turn_secret=SECRET) as server, aiohttp.ClientSession() as http:
+        async with http.post(f"{base_url(server)}/ice", json={}) as response:
+            assert response.status == 200
+            ice = await response.json()
+    assert [s["urls"] for s in ice["iceServers"]] == [[stun], [secret_turn]]
+    turn = ice["iceServers"][1]
+    expires, label = turn["username"].split(":", 1)
+    assert int(expires) == ice["expires"] and abs(ice["expires"] - time.time() - CREDENTIAL_LIFETIME_S) < 60
+    assert label.startswith("figure-")
+    assert turn["credential"] == base64.b64encode(hmac.new(SECRET.encode(), turn["username"].encode(), hashlib.sha1).digest()).decode()
+    assert await gathered_relays(ice)
+
+
+async def test_long_term_credentials_never_reach_viewers(long_term_turn):
+    async with serving(ice_servers=[long_term_turn], turn_username=USER, turn_credential=PASSWORD) as server, aiohttp.ClientSession() as http:
+        async with http.post(f"{base_url(server)}/ice", json={"avatar": "figure"}) as response:
+            assert await response.json() == {"iceServers": [], "expires": None}
+
+
+async def test_turn_credentials_go_only_to_viewers_the_server_admits(secret_turn):
+    async with serving(ice_servers=[secret_turn], turn_secret=SECRET, api_key=API_KEY) as server, aiohttp.ClientSession() as http:
+        url = base_url(server)
+        for body, status in [({}, 401), ({"token": "forged.token"}, 401), ({"avatar": "nobody"}, 404), ([1, 2], 400)]:
+            async with http.post(f"{url}/ice", json=body) as response:
+                assert response.status == status, (body, await response.text())
+                assert "error" in await response.json()
+        token, _ = server.app[SERVER_KEY].authority.mint("figure")  # what POST /avatars/{id}/tokens hands out
+        async with http.post(f"{url}/ice", json={"avatar": "figure", "token": token}) as response:
+            assert response.status == 200
+            ice = await response.json()
+    assert await gathered_relays(ice)
 
 
 @pytest.mark.parametrize(
@@ -77,11 +122,11 @@ async def test_sessions_get_a_relay_candidate_only_with_the_right_turn_credentia
     [
         ({"ice_servers": ["relay.example.org:3478"]}, "malformed uri: invalid scheme"),
         ({"ice_servers": ["stun:stun.example.org:3478?transport=tcp"]}, "stun must not contain transport"),
-        ({"ice_servers": ["turn:turn.example.org"]}, "needs a username and a credential"),
-        ({"ice_servers": ["turns:turn.example.org"], "turn_username": USER}, "needs a username and a credential"),
+        ({"ice_servers": ["turn:turn.example.org"]}, "needs a shared secret, or a username and a credential"),
+        ({"ice_servers": ["turns:turn.example.org"], "turn_username": USER}, "needs a shared secret, or a username and a credential"),
+        ({"turn_secret": SECRET, "turn_username": USER, "turn_credential": PASSWORD}, "either a shared secret or a username and credential"),
     ],
 )
 def test_bad_ice_server_settings_are_refused_at_start(settings, message):
     with pytest.raises(ValueError, match=message):
         ServerConfig(**settings)
-

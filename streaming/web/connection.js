@@ -1,7 +1,8 @@
 // The WebRTC side: one peer connection receiving the avatar's video and carrying poses.
 //
-// The server does not trickle ICE, so the offer is posted once gathering is complete. No STUN or
-// TURN server is configured: the server answers with its host candidates.
+// The server does not trickle ICE, so the offer is posted once gathering is complete. The ICE
+// servers are the server's to give (POST /ice, TURN credentials minted for this viewer); with
+// none, the peers pair their host candidates.
 
 const ICE_GATHERING_TIMEOUT_MS = 5000;
 
@@ -43,10 +44,11 @@ function iceGatheringComplete(pc) {
 }
 
 // Connect to the server at `offerUrl` and show its video in `video`. `extra` is merged into the
-// offer body ({avatar, token} when given). Returns {pc, channel, session}; `channel` is the
-// unordered, unreliable "pose" data channel, possibly still opening.
-export async function connect(offerUrl, video, extra = {}) {
-  const pc = new RTCPeerConnection({ iceServers: [] });
+// offer body ({avatar, token} when given); `ice` is the RTCPeerConnection's {iceServers,
+// iceTransportPolicy}. Returns {pc, channel, session}; `channel` is the unordered, unreliable
+// "pose" data channel, possibly still opening.
+export async function connect(offerUrl, video, extra = {}, ice = { iceServers: [] }) {
+  const pc = new RTCPeerConnection(ice);
   const transceiver = pc.addTransceiver("video", { direction: "recvonly" });
   // Play frames as soon as they decode: the stream is interactive, smoothness matters less.
   // (jitterBufferTarget is the standard, in ms; playoutDelayHint, in s, what older Chromiums read.)
@@ -68,18 +70,23 @@ export async function connect(offerUrl, video, extra = {}) {
   }
 }
 
-// The receiving side's numbers for the video: frames decoded, decoder rate, codec, frame size.
+// The receiving side's numbers for the video: frames decoded, decoder rate, codec, frame size;
+// and its route, the type of this side's candidate in the pair ICE selected ("host", "srflx",
+// "prflx" or "relay"; null before ICE connects).
 export async function videoStats(pc) {
   const report = await pc.getStats();
+  const found = { framesDecoded: 0, framesPerSecond: 0, codec: null, frameWidth: 0, frameHeight: 0, route: null };
   for (const stats of report.values()) {
-    if (stats.type !== "inbound-rtp" || stats.kind !== "video") continue;
-    return {
-      framesDecoded: stats.framesDecoded ?? 0,
-      framesPerSecond: stats.framesPerSecond ?? 0,
-      codec: report.get(stats.codecId)?.mimeType ?? null,
-      frameWidth: stats.frameWidth ?? 0,
-      frameHeight: stats.frameHeight ?? 0,
-    };
+    if (stats.type === "transport" && stats.selectedCandidatePairId) {
+      const pair = report.get(stats.selectedCandidatePairId);
+      found.route = report.get(pair?.localCandidateId)?.candidateType ?? null;
+    } else if (stats.type === "inbound-rtp" && stats.kind === "video") {
+      found.framesDecoded = stats.framesDecoded ?? 0;
+      found.framesPerSecond = stats.framesPerSecond ?? 0;
+      found.codec = report.get(stats.codecId)?.mimeType ?? null;
+      found.frameWidth = stats.frameWidth ?? 0;
+      found.frameHeight = stats.frameHeight ?? 0;
+    }
   }
-  return { framesDecoded: 0, framesPerSecond: 0, codec: null, frameWidth: 0, frameHeight: 0 };
+  return found;
 }

@@ -1,7 +1,8 @@
 // The splatcast web client: fetch the scene, connect, steer the orbit camera, send poses, show
 // the readout; "Enter VR" on headsets, a side-by-side stereo preview anywhere. Query parameters:
 // `avatar` (an avatar id; default: the server's), `token` (a viewer token, when the server
-// requires one), `reproject` (in VR: plane, rotation or none; see xr.js).
+// requires one), `reproject` (in VR: plane, rotation or none; see xr.js), `ice=relay` (media only
+// through the server's TURN relay: how to check a TURN deployment).
 
 import { ServerError, connect, requestJSON, videoStats } from "./connection.js";
 import { FrameLog, percentile } from "./frames.js";
@@ -67,7 +68,9 @@ async function start() {
       camera = new OrbitCamera({ target: scene.centre, radius: scene.radius });
       attachOrbitControls(stage, camera, () => link?.poses.changed());
     }
-    const { pc, channel } = await connect("offer", video, extra);
+    const { iceServers } = await requestJSON("ice", extra);
+    const iceTransportPolicy = params.get("ice") === "relay" ? "relay" : "all";
+    const { pc, channel } = await connect("offer", video, extra, { iceServers, iceTransportPolicy });
     const current = { pc, channel, poses: new PoseStream(channel, currentPose), frames: new FrameLog() };
     channel.addEventListener("message", (event) => {
       const message = parseFrameMessage(event.data);
@@ -147,6 +150,7 @@ async function snapshot() {
     mode: immersive ? "vr" : stereoPreview.checked ? "stereo preview" : "mono",
     connectionState: link?.pc.connectionState ?? "closed",
     channelState: link?.channel.readyState ?? "closed",
+    route: decoded?.route ?? null,
     codec: decoded?.codec ?? null,
     framesDecoded: decoded?.framesDecoded ?? 0,
     frameWidth: decoded?.frameWidth ?? 0,
@@ -179,7 +183,7 @@ async function refreshReadout() {
   const s = await snapshot();
   const ms = s.serverMs;
   overlay.update([
-    ["connection", s.connectionState],
+    ["connection", s.route ? `${s.connectionState} (${s.route})` : s.connectionState],
     ["view", s.mode === "vr" ? `VR, ${s.xr.reprojection} reprojection` : s.mode],
     ["codec", s.codec ?? "–"],
     ["stream", s.frameWidth ? `${s.frameWidth}×${s.frameHeight}` : "–"],
