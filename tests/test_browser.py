@@ -323,12 +323,19 @@ async def test_frame_log_pairs_a_frame_presented_before_its_message(server, brow
     assert result["seq"] == 8 and result["latency"] == pytest.approx(88 - 80)
 
 
-async def test_page_streams_through_a_turn_relay_alone(browser, tmp_path):
+@pytest.mark.parametrize("minted_with", ["the shared secret", "another secret"])
+async def test_page_streams_through_a_turn_relay_alone(browser, tmp_path, minted_with):
     """With ``?ice=relay`` the page may use relay candidates only: every frame crosses a real coturn,
-    on the credentials the server minted for this viewer (``POST /ice``)."""
-    secret = "browser-s3cret"
-    with turn_server(shared_secret(secret), tmp_path) as turn_url:
-        async with serve(ice_servers=[turn_url], turn_secret=secret) as server:
+    on the credentials the server minted for this viewer (``POST /ice``). Credentials the TURN
+    server refuses leave no route: the page says so."""
+    with turn_server(shared_secret("the shared secret"), tmp_path) as turn_url:
+        async with serve(ice_servers=[turn_url], turn_secret=minted_with) as server:
             await browser.page.goto(url(server, "/?ice=relay"))
-            streaming = await wait_for_stats(browser.page, lambda s: s["framesDecoded"] >= 10, 30, "frames decoded through the relay")
-    assert streaming["route"] == "relay" and streaming["connectionState"] == "connected"
+            if minted_with == "the shared secret":
+                streaming = await wait_for_stats(browser.page, lambda s: s["framesDecoded"] >= 10, 30, "frames decoded through the relay")
+                assert streaming["route"] == "relay" and streaming["connectionState"] == "connected"
+            else:
+                failed = await wait_for_stats(browser.page, lambda s: s["error"] is not None, 20, "the page's error")
+                assert failed["error"].startswith("no route to the server") and failed["framesDecoded"] == 0
+                assert (await browser.page.inner_text("#overlay .error")) == failed["error"]
+                assert await browser.page.is_visible("#overlay .reconnect")

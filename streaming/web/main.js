@@ -13,6 +13,7 @@ import { PoseStream, parseFrameMessage, streamSize } from "./pose.js";
 import { ImmersiveViewer, REPROJECTIONS, immersiveVrSupported } from "./xr.js";
 
 const READOUT_MS = 500;
+const CONNECT_TIMEOUT_MS = 10000; // ICE pairs on a LAN or through TURN in well under a second
 const DEG = Math.PI / 180;
 
 const params = new URLSearchParams(location.search);
@@ -87,6 +88,11 @@ async function start() {
       }
     });
     link = current;
+    // With no candidate pair that works (a relay refused, a firewall) ICE may wait without ever
+    // failing: say so rather than show a blank stage.
+    setTimeout(() => {
+      if (link === current && pc.connectionState !== "connected") fail(`no route to the server: ICE did not connect within ${CONNECT_TIMEOUT_MS / 1000} s`);
+    }, CONNECT_TIMEOUT_MS);
   } catch (e) {
     fail(e instanceof ServerError ? `server: ${e.message}` : `cannot connect: ${e.message}`);
   }
