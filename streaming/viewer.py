@@ -10,6 +10,7 @@ import asyncio
 import functools
 import json
 import math
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -220,6 +221,8 @@ class Viewer:
 async def _run(args: argparse.Namespace) -> dict:
     async with aiohttp.ClientSession() as http, http.get(f"{args.url}/scene") as response:
         scene = await response.json()
+        if response.status != 200:
+            raise RuntimeError(f"{response.status}: {scene}")
     viewer = Viewer(aiortc_release=args.aiortc_release)
     try:
         await viewer.connect(args.url)
@@ -242,7 +245,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.no_decode:
         skip_decoding()
-    print(json.dumps(asyncio.run(_run(args))), flush=True)
+    try:
+        report = asyncio.run(_run(args))
+    except (aiohttp.ClientError, RuntimeError, TimeoutError) as error:  # no server there, or it refused: one line on stderr
+        sys.exit(f"viewer: {type(error).__name__}: {error}")
+    print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,10 @@
 """The ``splatcast`` command line through its own entry point: what it writes, and the one-line
 errors that bad options and unwritable outputs get before any work is done."""
 
+import socket
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -72,3 +76,13 @@ def test_out_of_range_options_are_usage_errors(capsys, argv, message):
 def test_serve_refuses_ice_servers_it_could_not_use_before_starting(capsys, argv, message):
     assert main(["serve", "--port", "0", *argv]) == 2
     assert one_line_error(capsys).startswith(message)
+
+
+def test_the_viewer_without_a_server_is_a_one_line_error():
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = subprocess.run([sys.executable, "-m", "splatcast.streaming.viewer", f"http://127.0.0.1:{port}", "--seconds", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stdout == ""  # the session sweep reads a failed viewer by its empty output
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and done.stderr.startswith("viewer: ClientConnectorError")
