@@ -22,6 +22,11 @@ def openapi_spec() -> dict:
         api_version = "0"
     record = {"$ref": "#/components/schemas/Avatar"}
     manager = [{"apiKey": []}]
+    viewer_refusals = {  # what /ice and /offer answer a viewer they do not admit
+        "401": _error("missing, invalid or expired viewer token"),
+        "403": _error("token for another avatar"),
+        "404": _error("unknown avatar"),
+    }
     upload_body = {
         "required": True,
         "content": {
@@ -106,9 +111,7 @@ def openapi_spec() -> dict:
                     "responses": {
                         "200": {"description": "iceServers", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/IceServers"}}}},
                         "400": _error("malformed JSON"),
-                        "401": _error("missing, invalid or expired viewer token"),
-                        "403": _error("token for another avatar"),
-                        "404": _error("unknown avatar"),
+                        **viewer_refusals,
                     },
                 }
             },
@@ -119,9 +122,7 @@ def openapi_spec() -> dict:
                     "responses": {
                         "200": {"description": "answer", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Answer"}}}},
                         "400": _error("malformed JSON or SDP"),
-                        "401": _error("missing, invalid or expired viewer token"),
-                        "403": _error("token for another avatar"),
-                        "404": _error("unknown avatar"),
+                        **viewer_refusals,
                         "413": _error("SDP too large"),
                         "429": _error("too many sessions for this token or address"),
                         "503": _error("server at its session limit"),
