@@ -90,3 +90,8 @@ class IceServers:
             username, password, expires = self._turn_login(label)
             servers.append({"urls": list(self.turn_urls), "username": username, "credential": password})
         return {"iceServers": servers, "expires": expires}
+
+
+def viewer_ice_servers(answer: dict) -> list[RTCIceServer]:
+    """``POST /ice``'s answer as aiortc takes it: a Python viewer's side of ``for_viewer``."""
+    return [RTCIceServer(server["urls"], username=server.get("username"), credential=server.get("credential")) for server in answer["iceServers"]]

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 import aiohttp
 import aiortc.rtcrtpreceiver
 import av
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.codecs.base import Decoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import VIDEO_TIME_BASE
 
+from .ice import viewer_ice_servers
 from .jitterbuffer import release_frames_on_marker
 
 # Poses are built in plain Python, as a browser builds them: a viewer is a client, and importing
@@ -114,11 +115,13 @@ class ViewerReport:
 
 
 class Viewer:
-    def __init__(self, video_codecs: tuple[str, ...] | None = None, aiortc_release: bool = False) -> None:
+    def __init__(self, video_codecs: tuple[str, ...] | None = None, aiortc_release: bool = False, ice_servers: list[RTCIceServer] | None = None) -> None:
         """``video_codecs``: offer only these mime types (e.g. ("video/VP8",)); default: all.
         ``aiortc_release``: release frames as aiortc's receiver does, when the next frame's first
-        packet arrives (one frame interval later), instead of at their own last packet."""
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        packet arrives (one frame interval later), instead of at their own last packet.
+        ``ice_servers``: STUN/TURN for this peer (``ice.viewer_ice_servers`` of the server's
+        ``POST /ice``); none: host candidates only."""
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers or []))
         self.channel = self.pc.createDataChannel("pose", ordered=False, maxRetransmits=0)
         transceiver = self.pc.addTransceiver("video", direction="recvonly")
         if not aiortc_release:
@@ -154,10 +157,8 @@ class Viewer:
             body["avatar"] = avatar
         if token is not None:
             body["token"] = token
-        async with aiohttp.ClientSession() as http, http.post(f"{base_url}/offer", json=body) as response:
-            answer = await response.json()
-            if response.status != 200:
-                raise RuntimeError(f"{response.status}: {answer}")
+        async with aiohttp.ClientSession() as http:
+            answer = await _answer(http.post(f"{base_url}/offer", json=body))
         self.session_id = answer["session"]
         await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
         await asyncio.wait_for(self._track_ready.wait(), 20)
@@ -218,12 +219,20 @@ class Viewer:
         await self.pc.close()
 
 
-async def _run(args: argparse.Namespace) -> dict:
-    async with aiohttp.ClientSession() as http, http.get(f"{args.url}/scene") as response:
-        scene = await response.json()
+async def _answer(request) -> dict:
+    """The JSON answer of a request to the server; a RuntimeError with its reason unless 200."""
+    async with request as response:
+        answer = await response.json()
         if response.status != 200:
-            raise RuntimeError(f"{response.status}: {scene}")
-    viewer = Viewer(aiortc_release=args.aiortc_release)
+            raise RuntimeError(f"{response.url.path}: {response.status}: {answer}")
+        return answer
+
+
+async def _run(args: argparse.Namespace) -> dict:
+    async with aiohttp.ClientSession() as http:
+        scene = await _answer(http.get(f"{args.url}/scene"))
+        ice = await _answer(http.post(f"{args.url}/ice", json={}))
+    viewer = Viewer(aiortc_release=args.aiortc_release, ice_servers=viewer_ice_servers(ice))
     try:
         await viewer.connect(args.url)
         report = await viewer.orbit(scene, args.seconds, args.width, args.height, 2 if args.stereo else 1, args.pose_hz)

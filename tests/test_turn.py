@@ -1,7 +1,7 @@
 """ICE servers against a real TURN server (Debian's coturn, on loopback): the server's sessions get
 a relay candidate with the right long-term credentials or shared secret, and log the refusal
-otherwise; ``POST /ice`` mints a viewer credentials that the TURN server accepts, only for a
-viewer the server admits; malformed URLs and TURN without credentials are refused at start.
+otherwise; ``POST /ice`` mints a viewer credentials that the TURN server accepts (the Python
+viewer gathers a relay candidate with them), only for a viewer the server admits; malformed URLs and TURN without credentials are refused at start.
 
 On loopback the viewer reaches the server's host candidate either way: what is tested here is what
 the credentials decide, the relay allocation that a peer behind a firewall needs (the browser test
@@ -16,9 +16,9 @@ import time
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
-from splatcast.streaming.ice import CREDENTIAL_LIFETIME_S
+from splatcast.streaming.ice import CREDENTIAL_LIFETIME_S, viewer_ice_servers
 from splatcast.streaming.server import SERVER_KEY, ServerConfig, create_app
+from splatcast.streaming.viewer import Viewer
 
 from .test_api import API_KEY
 from .test_streaming import base_url, figure_cloud, streaming_viewer
@@ -70,16 +70,15 @@ async def test_a_shared_secret_mints_the_server_credentials_the_turn_server_acce
     assert (bool(relays), warnings) == ((True, 0) if secret == SECRET else (False, 1))
 
 
-async def gathered_relays(ice: dict) -> list[str]:
-    """Relay candidates a real aiortc peer gathers with a viewer's ``iceServers``."""
-    servers = [RTCIceServer(s["urls"], username=s.get("username"), credential=s.get("credential")) for s in ice["iceServers"]]
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+async def viewer_relays(server, ice: dict, **offer) -> list[str]:
+    """The relay candidates of the project's Python viewer, configured with ``ice`` (an answer of
+    ``POST /ice``), in the offer of a session it then streams."""
+    viewer = Viewer(ice_servers=viewer_ice_servers(ice))
     try:
-        pc.addTransceiver("video", direction="recvonly")
-        await pc.setLocalDescription(await pc.createOffer())
-        return relay_candidates(pc.localDescription.sdp)
+        await viewer.connect(base_url(server), **offer)
+        return relay_candidates(viewer.pc.localDescription.sdp)
     finally:
-        await pc.close()
+        await viewer.close()
 
 
 async def test_viewers_get_minted_turn_credentials_that_the_turn_server_accepts(secret_turn):
@@ -88,13 +87,13 @@ async def test_viewers_get_minted_turn_credentials_that_the_turn_server_accepts(
         async with http.post(f"{base_url(server)}/ice", json={}) as response:
             assert response.status == 200
             ice = await response.json()
-    assert [s["urls"] for s in ice["iceServers"]] == [[stun], [secret_turn]]
-    turn = ice["iceServers"][1]
-    expires, label = turn["username"].split(":", 1)
-    assert int(expires) == ice["expires"] and abs(ice["expires"] - time.time() - CREDENTIAL_LIFETIME_S) < 60
-    assert label.startswith("figure-")
-    assert turn["credential"] == base64.b64encode(hmac.new(SECRET.encode(), turn["username"].encode(), hashlib.sha1).digest()).decode()
-    assert await gathered_relays(ice)
+        assert [s["urls"] for s in ice["iceServers"]] == [[stun], [secret_turn]]
+        turn = ice["iceServers"][1]
+        expires, label = turn["username"].split(":", 1)
+        assert int(expires) == ice["expires"] and abs(ice["expires"] - time.time() - CREDENTIAL_LIFETIME_S) < 60
+        assert label.startswith("figure-")
+        assert turn["credential"] == base64.b64encode(hmac.new(SECRET.encode(), turn["username"].encode(), hashlib.sha1).digest()).decode()
+        assert await viewer_relays(server, ice)
 
 
 async def test_long_term_credentials_never_reach_viewers(long_term_turn):
@@ -114,7 +113,7 @@ async def test_turn_credentials_go_only_to_viewers_the_server_admits(secret_turn
         async with http.post(f"{url}/ice", json={"avatar": "figure", "token": token}) as response:
             assert response.status == 200
             ice = await response.json()
-    assert await gathered_relays(ice)
+        assert await viewer_relays(server, ice, avatar="figure", token=token)
 
 
 @pytest.mark.parametrize(
