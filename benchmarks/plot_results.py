@@ -1,5 +1,6 @@
 """Plot a results file from benchmarks/results to a PNG beside it: a session sweep
-(test_sessions_gpu.py's pytest-benchmark JSON) or a rasterizer run (summarize_rasterizer.py's).
+(test_sessions_gpu.py's pytest-benchmark JSON), a latency run (test_latency_gpu.py's) or a
+rasterizer run (summarize_rasterizer.py's).
 
     python benchmarks/plot_results.py benchmarks/results/<file>.json
 """
@@ -62,6 +63,61 @@ def plot_sessions(data: dict) -> tuple[plt.Figure, str]:
     return fig, f"{data['machine_info'].get('device', '')}  {commit[:8]}"
 
 
+IN_PROCESS_STAGES = ("render", "convert", "encode")
+IN_PROCESS_TARGETS_MS = {"p50": 4.0, "p99": 8.0}
+"""The issue's targets for 1080p mono, in process."""
+LOOPBACK_TARGET_MS = 25.0
+"""The issue's target for 720p60 mono, pose sent -> frame decoded, p50."""
+
+
+def _case(name: str) -> str:
+    return name[name.index("[") + 1 : name.rindex("]")]
+
+
+def plot_latency(data: dict) -> tuple[plt.Figure, str]:
+    """In process: each case's p50 by stage, its p95 and p99; over loopback WebRTC: p50, p95 and
+    p99 for the viewer's release at a frame's last packet beside aiortc's one-frame hold."""
+    in_process = {_case(b["name"]): b["extra_info"] for b in data["benchmarks"] if b["name"].startswith("test_in_process")}
+    loopback = {_case(b["name"]): b["extra_info"] for b in data["benchmarks"] if b["name"].startswith("test_loopback")}
+    fig, (process_ax, loop_ax) = plt.subplots(1, 2, figsize=(12, 5.5))
+
+    cases = list(in_process)
+    bottoms = [0.0] * len(cases)
+    for stage in IN_PROCESS_STAGES:
+        values = [in_process[c][f"{stage}_ms"]["p50"] for c in cases]
+        process_ax.bar(range(len(cases)), values, 0.6, bottom=bottoms, label=f"{stage} (p50)")
+        bottoms = [b + v for b, v in zip(bottoms, values)]
+    rest = [max(0.0, in_process[c]["total_ms"]["p50"] - b) for c, b in zip(cases, bottoms)]  # percentiles do not add: a rough share
+    process_ax.bar(range(len(cases)), rest, 0.6, bottom=bottoms, label="the rest of the p50 (handoffs, copy)", color="lightgrey")
+    for q, marker in (("p95", "v"), ("p99", "^")):
+        process_ax.plot(range(len(cases)), [in_process[c]["total_ms"][q] for c in cases], marker, color="black", ls="none", label=f"total {q}")
+    for q, target in IN_PROCESS_TARGETS_MS.items():
+        if "1080p-mono" in cases:
+            x = cases.index("1080p-mono")
+            process_ax.hlines(target, x - 0.4, x + 0.4, colors="black", linestyles="--" if q == "p50" else ":", label=f"target {q} (1080p mono)")
+    process_ax.set_xticks(range(len(cases)), cases)
+    process_ax.set(ylabel="ms", title="In process: pose received -> encoded packet")
+    process_ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3)
+
+    views = sorted({c.rsplit("-", 1)[0] for c in loopback}, key=list(c.rsplit("-", 1)[0] for c in loopback).index)
+    releases = {"marker": "released at its last packet", "aiortc": "aiortc's hold (one frame later)"}
+    width = 0.8 / len(releases)
+    for i, (release, label) in enumerate(releases.items()):
+        xs = [x + (i - 0.5) * width for x in range(len(views))]
+        rows = [loopback.get(f"{v}-{release}") for v in views]
+        loop_ax.bar(xs, [r["latency_ms_p50"] if r else 0 for r in rows], width, label=f"{label}, p50")
+        for q, marker in (("p95", "v"), ("p99", "^")):
+            loop_ax.plot(xs, [r[f"latency_ms_{q}"] if r else float("nan") for r in rows], marker, color="black", ls="none", label=f"{q}" if i == 0 else None)
+    if "720p-mono" in views:
+        x = views.index("720p-mono")
+        loop_ax.hlines(LOOPBACK_TARGET_MS, x - 0.45, x + 0.45, colors="black", linestyles="--", label="target p50 (720p60 mono)")
+    loop_ax.set_xticks(range(len(views)), views)
+    loop_ax.set(ylabel="ms", title="Loopback WebRTC, 60 fps: pose sent -> decoded")
+    loop_ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)
+    commit = data["machine_info"].get("splatcast_commit") or data["commit_info"].get("id", "")
+    return fig, f"{data['machine_info'].get('device', '')}  {commit[:8]}  {data['datetime'][:10]}"
+
+
 def plot_rasterizer(data: dict) -> tuple[plt.Figure, str]:
     """Each case's call beside gsplat's and the target, and the GPU kernels of a frame by stage."""
     cases = list(data["cases"])
@@ -103,7 +159,13 @@ def plot_rasterizer(data: dict) -> tuple[plt.Figure, str]:
 
 def main(path: str) -> None:
     data = json.loads(Path(path).read_text())
-    fig, title = (plot_rasterizer if "cases" in data else plot_sessions)(data)
+    if "cases" in data:
+        plot = plot_rasterizer
+    elif any(b["name"].startswith("test_loopback") for b in data["benchmarks"]):
+        plot = plot_latency
+    else:
+        plot = plot_sessions
+    fig, title = plot(data)
     fig.suptitle(title)
     fig.tight_layout()
     out = Path(path).with_suffix(".png")

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-@pytest.mark.parametrize("results", ["rasterizer-h100-ce1c61d.json", "sessions-h200-bdfcf86.json"])
+@pytest.mark.parametrize("results", ["rasterizer-h100-ce1c61d.json", "sessions-h200-bdfcf86.json", "latency-h100-97bd199.json"])
 def test_plots_draw_committed_results(tmp_path, results):
     source = tmp_path / results
     shutil.copy(RESULTS / results, source)
