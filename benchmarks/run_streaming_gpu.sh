@@ -7,7 +7,7 @@
 #   bash benchmarks/run_streaming_gpu.sh
 #
 # The session sweep runs with one server process and sharded over min(cores / 2, 8) workers
-# (SPLATCAST_SWEEP_WORKERS=1,8 to choose). Writes pytest-benchmark JSON for both suites, the sweep plot and the logs to $OUT.
+# (SPLATCAST_SWEEP_WORKERS=1,8 to choose). Writes pytest-benchmark JSON for both suites, their plots and the logs to $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/splatcast-out}
 mkdir -p "$OUT"
@@ -23,7 +23,9 @@ echo "kernels built in $((SECONDS - start)) s" | tee -a "$OUT/run.log"
 device=$(python3 -c "import torch; print(torch.cuda.get_device_name().split()[1].lower())")
 timeout 200 python3 -m pytest benchmarks/test_latency_gpu.py -q -p no:cacheprovider --benchmark-json="$OUT/latency-$device.json" 2>&1 | tail -15 | tee -a "$OUT/run.log"
 timeout ${SWEEP_TIMEOUT:-300} python3 -m pytest benchmarks/test_sessions_gpu.py -q -p no:cacheprovider -x --benchmark-json="$OUT/sessions-$device.json" 2>&1 | tail -15 | tee -a "$OUT/run.log"
-[ -f "$OUT/sessions-$device.json" ] && python3 benchmarks/plot_results.py "$OUT/sessions-$device.json"
+for results in "$OUT/latency-$device.json" "$OUT/sessions-$device.json"; do
+    [ -f "$results" ] && python3 benchmarks/plot_results.py "$results"
+done
 python3 - "$OUT" <<'PY'
 import json, sys, pathlib
 for path in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
