@@ -220,7 +220,7 @@ async def test_receiver_bitrate_estimate_retargets_the_encoder_within_bounds(ser
         keyframes = track.keyframes_sent
         remb = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=pack_remb_fci(estimate, [sender_ssrc]))
         await receiver._send_rtcp(remb)
-        assert await wait_for(lambda: track.target_bitrate == expected, 5.0), (estimate, track.target_bitrate)
+        assert await wait_for(lambda expected=expected: track.target_bitrate == expected, 5.0), (estimate, track.target_bitrate)
     assert await wait_for(lambda: track._encoder is not None and track._encoder._opened_bitrate == 4_000_000, 5.0)
     assert track.keyframes_sent > keyframes  # the reopened encoder started with a keyframe
     await viewer.close()
