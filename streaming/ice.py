@@ -25,6 +25,9 @@ from aiortc.rtcicetransport import parse_stun_turn_uri
 CREDENTIAL_LIFETIME_S = 12 * 3600
 """How long a minted TURN credential lasts: a TURN server refuses the allocation's refreshes
 once it has expired, so it must outlast a viewing session."""
+TURN_RETRY_S = 60.0
+"""After a session got no relay, how long the next sessions go without TURN: a TURN server that
+cannot be reached costs each answer aioice's 5 s gathering timeout."""
 
 
 def turn_rest_credential(secret: str, label: str, expires: int) -> tuple[str, str]:
@@ -72,10 +75,11 @@ class IceServers:
         expires = int(time.time() + CREDENTIAL_LIFETIME_S)
         return (*turn_rest_credential(self.turn_secret, label, expires), expires)
 
-    def for_server(self) -> RTCConfiguration:
-        """One session's configuration (minted credentials are fresh for each)."""
+    def for_server(self, turn: bool = True) -> RTCConfiguration:
+        """One session's configuration (minted credentials are fresh for each); ``turn`` False
+        leaves the TURN servers out (``TurnBackoff``)."""
         servers = [RTCIceServer(url) for url in self.stun_urls]
-        if self.turn_urls:
+        if self.turn_urls and turn:
             username, password, _ = self._turn_login("splatcast-server")
             servers += [RTCIceServer(url, username=username, credential=password) for url in self.turn_urls]
         return RTCConfiguration(iceServers=servers)
@@ -90,6 +94,22 @@ class IceServers:
             username, password, expires = self._turn_login(label)
             servers.append({"urls": list(self.turn_urls), "username": username, "credential": password})
         return {"iceServers": servers, "expires": expires}
+
+
+class TurnBackoff:
+    """Whether the server's next session asks the TURN server for a relay: not for ``retry_s``
+    after a session got none, so that a TURN server that is down or refuses the credentials
+    costs one session the gathering timeout per ``retry_s``, not every session."""
+
+    def __init__(self, retry_s: float = TURN_RETRY_S) -> None:
+        self.retry_s = retry_s
+        self._skip_until = 0.0
+
+    def allows(self) -> bool:
+        return time.monotonic() >= self._skip_until
+
+    def record(self, relayed: bool) -> None:
+        self._skip_until = 0.0 if relayed else time.monotonic() + self.retry_s
 
 
 def viewer_ice_servers(answer: dict) -> list[RTCIceServer]:

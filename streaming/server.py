@@ -33,7 +33,7 @@ from .avatar_store import AvatarStore
 from .feedback import forward_feedback
 from .frames import FrameRenderer
 from .http_errors import json_errors
-from .ice import IceServers
+from .ice import IceServers, TurnBackoff
 from .jobs import Reconstruct, ReconstructionQueue, load_learned_pipeline, reconstruct_uploaded_photo
 from .metrics import StreamMetrics
 from .openapi import openapi_spec
@@ -189,6 +189,7 @@ class StreamingServer:
         self.store = AvatarStore(config.store_dir or self._scratch.name, config.max_gaussians)
         self.authority = Authority(config.api_key)
         self.ice = config.ice()
+        self.turn_backoff = TurnBackoff()
         prepare = None
         if reconstruct is None:
             options = {"checkpoints": config.checkpoints, "engine": config.engine, "engine_cache": config.engine_cache}
@@ -332,7 +333,8 @@ class StreamingServer:
     async def offer(self, request: web.Request) -> web.Response:
         body, avatar, token_id = await self._admit_offer(request)
         renderer = await self._renderer(avatar)
-        pc = RTCPeerConnection(self.ice.for_server())
+        use_turn = bool(self.ice.turn_urls) and self.turn_backoff.allows()
+        pc = RTCPeerConnection(self.ice.for_server(turn=use_turn))
         track = AvatarTrack(
             avatar.default_views(*self.default_size), self.config.fps, self.config.bitrate_bounds, self.config.session_encoder_threads(),
             late_start=self.config.late_start,
@@ -352,8 +354,12 @@ class StreamingServer:
             raise web.HTTPBadRequest(text=f"bad SDP offer: {error}") from None
 
         session_id = request.get(ASSIGNED_SESSION_ID) or new_session_id()
-        if self.ice.turn_urls and " typ relay " not in pc.localDescription.sdp:  # aioice drops a refused allocation silently
-            logger.warning("session %s: the TURN server gave no relay candidate (credentials refused, or the server unreachable)", session_id)
+        if use_turn:  # aioice drops a refused or timed-out allocation silently
+            relayed = " typ relay " in pc.localDescription.sdp
+            self.turn_backoff.record(relayed)
+            if not relayed:
+                logger.warning("session %s: the TURN server gave no relay candidate (credentials refused, or the server unreachable); "
+                               "the sessions of the next %g s go without TURN", session_id, self.turn_backoff.retry_s)
         session = Session(pc, track, avatar.id, self.limits, self.metrics, token_id=token_id, address=request.remote, id=session_id)
         track.on_frame = session.on_frame
         pc.on("datachannel", lambda channel: session.attach_channel(channel) if channel.label == "pose" else None)

@@ -7,6 +7,7 @@ On loopback the viewer reaches the server's host candidate either way: what is t
 the credentials decide, the relay allocation that a peer behind a firewall needs (the browser test
 streams through the relay alone)."""
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -68,6 +69,21 @@ async def test_a_shared_secret_mints_the_server_credentials_the_turn_server_acce
     async with serving(ice_servers=[secret_turn], turn_secret=secret) as server:
         relays, warnings = await server_relays(server, caplog)
     assert (bool(relays), warnings) == ((True, 0) if secret == SECRET else (False, 1))
+
+
+async def test_after_a_session_gets_no_relay_the_next_go_without_turn_until_the_retry(secret_turn, caplog):
+    """A TURN server that refuses (here) or cannot be reached (aioice's 5 s gathering timeout each
+    answer) is asked again only after the retry time, not by every session."""
+    async with serving(ice_servers=[secret_turn], turn_secret="wrong") as server:
+        backoff = server.app[SERVER_KEY].turn_backoff
+        backoff.retry_s = 3.0
+        for tries_turn in (True, False):
+            caplog.clear()
+            relays, warnings = await server_relays(server, caplog)
+            assert not relays and warnings == int(tries_turn) and not backoff.allows()
+        await asyncio.sleep(3.1)
+        caplog.clear()
+        assert await server_relays(server, caplog) == ([], 1)  # asked again, refused again
 
 
 async def viewer_relays(server, ice: dict, **offer) -> list[str]:
