@@ -39,6 +39,8 @@ def turn_rest_credential(secret: str, label: str, expires: int) -> tuple[str, st
 
 @dataclass(frozen=True)
 class IceServers:
+    """The server's ICE settings, checked: what its own peer connections and its viewers take."""
+
     urls: tuple[str, ...] = ()
     """STUN/TURN URLs; aiortc uses the first of each kind."""
     turn_username: str | None = None
