@@ -70,6 +70,15 @@ class IceServers:
     def stun_urls(self) -> tuple[str, ...]:
         return tuple(url for url in self.urls if url.startswith("stun"))
 
+    def __str__(self) -> str:
+        if not self.urls:
+            return "none (host candidates only)"
+        parts = [f"STUN {', '.join(self.stun_urls)}"] if self.stun_urls else []
+        if self.turn_urls:
+            who = "credentials minted from the shared secret, for the server and its viewers" if self.turn_secret else "long-term credentials, the server's only"
+            parts.append(f"TURN {', '.join(self.turn_urls)} ({who})")
+        return "; ".join(parts)
+
     def _turn_login(self, label: str) -> tuple[str, str, int | None]:
         """(username, password, expiry or None) for a TURN allocation."""
         if self.turn_secret is None:

@@ -190,6 +190,7 @@ class StreamingServer:
         self.authority = Authority(config.api_key)
         self.ice = config.ice()
         self.turn_backoff = TurnBackoff()
+        logger.info("ICE servers: %s", self.ice)
         prepare = None
         if reconstruct is None:
             options = {"checkpoints": config.checkpoints, "engine": config.engine, "engine_cache": config.engine_cache}

@@ -132,6 +132,14 @@ async def test_turn_credentials_go_only_to_viewers_the_server_admits(secret_turn
         assert await viewer_relays(server, ice, avatar="figure", token=token)
 
 
+def test_the_ice_settings_read_as_what_they_do():
+    assert str(ServerConfig().ice()) == "none (host candidates only)"
+    shared = ServerConfig(ice_servers=["stun:a.example:3478", "turn:b.example:3478"], turn_secret=SECRET).ice()
+    assert str(shared) == "STUN stun:a.example:3478; TURN turn:b.example:3478 (credentials minted from the shared secret, for the server and its viewers)"
+    long_term = ServerConfig(ice_servers=["turn:b.example:3478"], turn_username=USER, turn_credential=PASSWORD).ice()
+    assert str(long_term) == "TURN turn:b.example:3478 (long-term credentials, the server's only)" and PASSWORD not in str(long_term)
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
