@@ -49,6 +49,7 @@ class StreamMetrics:
         r = self.registry
         r.register(_SessionCollector(live_tracks))
         self.bad_poses = Counter("splatcast_bad_pose_messages", "Pose messages dropped as malformed", registry=r)
+        self.no_relay = Counter("splatcast_sessions_without_relay", "Sessions that asked the TURN server for a relay and got none", registry=r)
         self.render = Histogram("splatcast_render_seconds", "One batched render call", buckets=_STAGE_BUCKETS, registry=r)
         self.convert = Histogram("splatcast_convert_seconds", "Colour conversion of one frame", buckets=_STAGE_BUCKETS, registry=r)
         self.encode = Histogram("splatcast_encode_seconds", "Video encode of one frame", buckets=_STAGE_BUCKETS, registry=r)

@@ -359,6 +359,7 @@ class StreamingServer:
             relayed = " typ relay " in pc.localDescription.sdp
             self.turn_backoff.record(relayed)
             if not relayed:
+                self.metrics.no_relay.inc()
                 logger.warning("session %s: the TURN server gave no relay candidate (credentials refused, or the server unreachable); "
                                "the sessions of the next %g s go without TURN", session_id, self.turn_backoff.retry_s)
         session = Session(pc, track, avatar.id, self.limits, self.metrics, token_id=token_id, address=request.remote, id=session_id)

@@ -84,6 +84,8 @@ async def test_after_a_session_gets_no_relay_the_next_go_without_turn_until_the_
         await asyncio.sleep(3.1)
         caplog.clear()
         assert await server_relays(server, caplog) == ([], 1)  # asked again, refused again
+        async with aiohttp.ClientSession() as http, http.get(f"{base_url(server)}/metrics") as response:
+            assert "splatcast_sessions_without_relay_total 2.0" in await response.text()
 
 
 async def viewer_relays(server, ice: dict, **offer) -> list[str]:
