@@ -27,7 +27,7 @@ MAX_PIXELS = 256_000_000
 
 
 class ImageError(ValueError):
-    """The photo cannot be used; the message says why."""
+    """An image that cannot be used, a photo to read or a render's file to write; the message says why."""
 
 
 def load_image(

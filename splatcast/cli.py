@@ -159,8 +159,6 @@ def _reconstruct(args: argparse.Namespace, photo: str, seed: int = 0):
     from .engine.reconstruct import reconstruct_photo
 
     checkpoints = args.checkpoints
-    if checkpoints is not None:
-        _check_learned_pipeline(args)
     with console.status(f"reconstructing {photo}") as status, _checkpoint_errors() if checkpoints else nullcontext():
         cloud = reconstruct_photo(
             photo,
@@ -179,6 +177,8 @@ def reconstruct(args: argparse.Namespace) -> int:
     from .engine.formats import check_asset_type, save_asset
 
     _check_output(args.output, check_asset_type)
+    if args.checkpoints:
+        _check_learned_pipeline(args)
     save_asset(_reconstruct(args, args.photo, args.seed), args.output)
     console.print(f"wrote {args.output}")
     return 0
@@ -187,13 +187,7 @@ def reconstruct(args: argparse.Namespace) -> int:
 def export(args: argparse.Namespace) -> int:
     from .engine.pipeline import ReconstructionPipeline
     from .engine.reconstruct import reconstruction_device, reconstruction_dtype
-    from .export.build import (
-        EngineConfig,
-        build_engines,
-        check_engine,
-        default_engine,
-        pipeline_graphs,
-    )
+    from .export.build import EngineConfig, build_engines, check_engine, default_engine, pipeline_graphs
 
     if not args.checkpoints:
         raise SystemExit("splatcast export needs --checkpoints (or SPLATCAST_CHECKPOINTS): engines are built from real weights")
@@ -277,12 +271,7 @@ def serve(args: argparse.Namespace) -> int:
 def render(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from .engine.cameras import (
-        frame_bounds,
-        intrinsics_from_fov,
-        orbit_camera,
-        single_view,
-    )
+    from .engine.cameras import frame_bounds, intrinsics_from_fov, orbit_camera, single_view
     from .kernels import reference
 
     _check_output(args.output, _check_image_type)
