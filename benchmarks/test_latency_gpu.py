@@ -22,7 +22,7 @@ import time
 import pytest
 from aiohttp.test_utils import TestServer
 
-from splatcast.config import sample_avatar_path
+from splatcast.config import sample_avatar_path, usable_cpu_count
 from splatcast.engine.cameras import frame_bounds
 from splatcast.engine.formats import load_asset
 from splatcast.streaming.encoders import VideoEncoder, h264_codec_name
@@ -56,12 +56,11 @@ def renderer() -> FrameRenderer:
     return FrameRenderer(load_asset(sample_avatar_path()))
 
 
-@pytest.mark.parametrize("views", [1, 2], ids=["mono", "stereo"])
-@pytest.mark.parametrize("size", list(SIZES))
-def test_in_process_pose_to_encoded(benchmark, renderer, size, views):
+def time_in_process(benchmark, renderer: FrameRenderer, size: str, views: int, encoder_threads: int) -> None:
+    """Pose message parsed -> encoded packet, by stage, over FRAMES timed frames of the orbit."""
     width, height = SIZES[size]
     poses = itertools.cycle(orbit(renderer, width, height, views))
-    encoder = VideoEncoder("video/H264", fps=60, bitrate=8_000_000)
+    encoder = VideoEncoder("video/H264", fps=60, bitrate=8_000_000, threads=encoder_threads)
     limits, counter = SizeLimits(2064, 2208), itertools.count()
     stages: dict[str, list[float]] = {"total_ms": [], "render_ms": [], "convert_ms": [], "encode_ms": []}
 
@@ -80,7 +79,20 @@ def test_in_process_pose_to_encoded(benchmark, renderer, size, views):
     benchmark.pedantic(frame, rounds=FRAMES, warmup_rounds=WARMUP)
     # The timed rounds only: the warm-up's first frame opens the encoder and is a keyframe.
     timed = {k: percentiles(v[-FRAMES:]) for k, v in stages.items()}
-    benchmark.extra_info.update({"encoder": h264_codec_name(), "gaussians": len(renderer.cloud), **timed})
+    benchmark.extra_info.update({"encoder": h264_codec_name(), "encoder_threads": encoder_threads, "gaussians": len(renderer.cloud), **timed})
+
+
+@pytest.mark.parametrize("views", [1, 2], ids=["mono", "stereo"])
+@pytest.mark.parametrize("size", list(SIZES))
+def test_in_process_pose_to_encoded(benchmark, renderer, size, views):
+    """The encoder with FFmpeg's choice of threads (for libx264's slices: one a core)."""
+    time_in_process(benchmark, renderer, size, views, encoder_threads=0)
+
+
+def test_in_process_1080p_encoder_on_half_the_cores(benchmark, renderer):
+    """Whether the 1080p p99 is the slices' wait for a busy core: with one slice a core, a frame
+    waits for its last slice whenever anything else on the host takes a core."""
+    time_in_process(benchmark, renderer, "1080p", 1, encoder_threads=max(1, usable_cpu_count() // 2))
 
 
 @pytest.mark.parametrize("threads", [1, 2, 4, 8, 0], ids=lambda t: f"threads={t or 'auto'}")
