@@ -120,7 +120,6 @@ class ShardedServer(StreamingServer):
         self._spec = lambda index: WorkerSpec(index, paths, self.default_avatar, worker_config, self._secret, logging.getLogger().getEffectiveLevel())
         self.workers: list[WorkerHandle | None] = [None] * config.workers
         self._supervisors: list[asyncio.Task] = []
-        self._stopping = False
         self._http: aiohttp.ClientSession | None = None
         self.front_metrics = CollectorRegistry()
         self.worker_restarts = Counter("splatcast_worker_restarts", "Worker processes started again after they died", registry=self.front_metrics)

@@ -31,6 +31,7 @@ from splatcast.export.tensorrt import (
     batch_profile,
     build_engine,
     compile_torch_tensorrt,
+    load_torch_tensorrt,
 )
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -110,6 +111,8 @@ def test_tensorrt_missing_names_the_extra(lrt_graph, tmp_path):
 def test_torch_tensorrt_missing_names_the_extra(lrt_graph, tmp_path):
     with pytest.raises(MissingDependencyError, match=r"'torch-tensorrt' package .*pip install 'splatcast\[tensorrt\]'"):
         compile_torch_tensorrt(lrt_graph, tmp_path / "lrt.ep")
+    with pytest.raises(MissingDependencyError, match=r"'torch-tensorrt' package .*pip install 'splatcast\[tensorrt\]'"):
+        load_torch_tensorrt(tmp_path / "lrt.ep")
 
 
 def test_batch_profile_varies_only_the_batch_axis(step_graph):
