@@ -99,16 +99,16 @@ def benchmark_median(name: str) -> Callable[[dict], list[float]]:
     return lambda data: [b["stats"]["median"] for b in data["benchmarks"] if b["name"] == name]
 
 
+def timed_quantile(benchmark: dict, quantile: float) -> float:
+    """A pytest-benchmark entry's quantile (ms) over its timed rounds, without the warm-up: in
+    results written before 2026-12-08 the stage percentiles of test_latency_gpu.py count it too."""
+    rounds = sorted(benchmark["stats"]["data"])
+    return 1e3 * rounds[min(len(rounds) - 1, int(quantile * len(rounds)))]
+
+
 def in_process(case: str, quantile: float) -> Callable[[dict], list[float]]:
-    """From the timed rounds (pytest-benchmark's own record, without the warm-up): in results
-    written before 2026-12-08 the stage percentiles of test_latency_gpu.py count the warm-up too."""
     name = f"test_in_process_pose_to_encoded[{case}]"
-
-    def read(data: dict) -> list[float]:
-        timed = [sorted(b["stats"]["data"]) for b in data["benchmarks"] if b["name"] == name]
-        return [1e3 * rounds[min(len(rounds) - 1, int(quantile * len(rounds)))] for rounds in timed]
-
-    return read
+    return lambda data: [timed_quantile(b, quantile) for b in data["benchmarks"] if b["name"] == name]
 
 
 def loopback_p50(case: str) -> Callable[[dict], list[float]]:

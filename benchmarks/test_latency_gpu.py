@@ -89,10 +89,11 @@ def test_in_process_pose_to_encoded(benchmark, renderer, size, views):
     time_in_process(benchmark, renderer, size, views, encoder_threads=0)
 
 
-def test_in_process_1080p_encoder_on_half_the_cores(benchmark, renderer):
+@pytest.mark.parametrize("encoder_threads", [max(1, usable_cpu_count() // 2)], ids=lambda t: f"1080p-mono-{t}-threads")
+def test_in_process_1080p_encoder_on_half_the_cores(benchmark, renderer, encoder_threads):
     """Whether the 1080p p99 is the slices' wait for a busy core: with one slice a core, a frame
     waits for its last slice whenever anything else on the host takes a core."""
-    time_in_process(benchmark, renderer, "1080p", 1, encoder_threads=max(1, usable_cpu_count() // 2))
+    time_in_process(benchmark, renderer, "1080p", 1, encoder_threads)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 4, 8, 0], ids=lambda t: f"threads={t or 'auto'}")
