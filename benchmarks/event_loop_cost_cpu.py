@@ -1,0 +1,100 @@
+"""What one session costs a server's event loop per pose message, on this machine (issue 6).
+
+    python benchmarks/event_loop_cost_cpu.py OUT.json [--rates 6,30,60,120] [--size 320x240]
+
+One ``splatcast serve`` (a single process: sessions on its event loop) and, for each pose rate
+in turn, one receive-only viewer sending poses at that rate. Over a window the server's main
+thread's CPU time (the event loop: aiortc's SCTP, DTLS and RTP in Python, the pose parsing, the
+render loop's scheduling; rendering and encoding run on other threads) and the frames it sent.
+The frame rate is the CPU renderer's and about the same at every pose rate, so a line through
+(pose rate, event-loop ms per second) gives the cost of a pose message (its slope) and, divided
+by the frame rate, a bound on the cost of a frame (its intercept, which also holds the loop's
+fixed work: timers, RTCP).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from profile_server_gpu import TICKS, thread_ticks
+from test_sessions_gpu import samples_of, total
+
+SETTLE_S = 6.0
+WINDOW_S = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def frames_sent(url: str) -> float:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        return total(samples_of(response.read().decode()), "splatcast_frames_total")
+
+
+def measure(url: str, pid: int, rate: int, width: int, height: int) -> dict:
+    viewer = subprocess.Popen(
+        [sys.executable, "-m", "splatcast.streaming.viewer", url, "--seconds", str(SETTLE_S + WINDOW_S + 4),
+         "--width", str(width), "--height", str(height), "--no-decode", "--pose-hz", str(rate)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    time.sleep(SETTLE_S)
+    ticks, frames, start = thread_ticks(pid)[pid], frames_sent(url), time.monotonic()
+    time.sleep(WINDOW_S)
+    ticks, frames, wall = thread_ticks(pid)[pid] - ticks, frames_sent(url) - frames, time.monotonic() - start
+    report = json.loads(viewer.communicate()[0].decode().strip().splitlines()[-1])
+    return {"pose_hz": rate, "frames_per_s": round(frames / wall, 2), "event_loop_ms_per_s": round(1e3 * ticks / TICKS / wall, 2), "viewer_fps": report["fps"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--rates", default="6,30,60,120", help="pose messages per second, comma-separated")
+    parser.add_argument("--size", default="320x240", help="the stream's size (the CPU renderer sets the frame rate)")
+    args = parser.parse_args()
+    width, height = (int(v) for v in args.size.split("x"))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        ["splatcast", "serve", "--port", str(port), "--fps", "60", "--width", str(width), "--height", str(height)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/healthz", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        runs = []
+        for rate in (int(r) for r in args.rates.split(",")):
+            runs.append(measure(url, server.pid, rate, width, height))
+            print(runs[-1], flush=True)
+    finally:
+        server.terminate()
+        server.wait()
+    slope, intercept = statistics.linear_regression([r["pose_hz"] for r in runs], [r["event_loop_ms_per_s"] for r in runs])
+    fps = statistics.fmean(r["frames_per_s"] for r in runs)
+    commit = os.environ.get("SPLATCAST_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    report = {
+        "device": f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores", "date": datetime.date.today().isoformat(),
+        "commit": commit, "size": [width, height], "window_s": WINDOW_S, "runs": runs,
+        "event_loop_ms_per_pose": round(slope, 3), "event_loop_ms_per_frame_at_most": round(intercept / fps, 3),
+    }
+    args.out.write_text(json.dumps(report, indent=1))
+    print({k: v for k, v in report.items() if k.startswith("event_loop")})
+
+
+if __name__ == "__main__":
+    main()
