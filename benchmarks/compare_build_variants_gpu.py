@@ -12,10 +12,8 @@ time per kernel and the largest difference of its frames from the default's.
 """
 
 import json
-import os
 import re
 import statistics
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -24,6 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.cpp_extension import load
 
+import provenance
 from splatcast.kernels import cuda_rasterizer
 from profile_rasterizer_gpu import kernels_us, median_ms
 from test_rasterizer_gpu import BACKGROUND, CASES, case_views, cloud_of
@@ -78,7 +77,7 @@ def main(path: str, variants: list[str]) -> None:
                 torch.cuda.empty_cache()
     cuda_rasterizer._extension = default
     medians = {case: {label: round(statistics.median(t), 4) for label, t in by.items()} for case, by in times.items()}
-    commit = os.environ.get("SPLATCAST_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = provenance.commit()
     result = {
         "issue": 3,
         "device": torch.cuda.get_device_name(),

@@ -13,20 +13,17 @@ fixed work: timers, RTCP).
 """
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-from profile_server_gpu import TICKS, thread_ticks
-from test_sessions_gpu import samples_of, total
+from profile_server_gpu import TICKS, scrape, start_server, thread_ticks
+from provenance import cpu_run
 
 SETTLE_S = 6.0
 WINDOW_S = 20.0
@@ -38,11 +35,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def frames_sent(url: str) -> float:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
-        return total(samples_of(response.read().decode()), "splatcast_frames_total")
-
-
 def measure(url: str, pid: int, rate: int, width: int, height: int) -> dict:
     viewer = subprocess.Popen(
         [sys.executable, "-m", "splatcast.streaming.viewer", url, "--seconds", str(SETTLE_S + WINDOW_S + 4),
@@ -50,9 +42,9 @@ def measure(url: str, pid: int, rate: int, width: int, height: int) -> dict:
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
     )
     time.sleep(SETTLE_S)
-    ticks, frames, start = thread_ticks(pid)[pid], frames_sent(url), time.monotonic()
+    ticks, frames, start = thread_ticks(pid)[pid], scrape(url)["frames"], time.monotonic()
     time.sleep(WINDOW_S)
-    ticks, frames, wall = thread_ticks(pid)[pid] - ticks, frames_sent(url) - frames, time.monotonic() - start
+    ticks, frames, wall = thread_ticks(pid)[pid] - ticks, scrape(url)["frames"] - frames, time.monotonic() - start
     report = json.loads(viewer.communicate()[0].decode().strip().splitlines()[-1])
     return {"pose_hz": rate, "frames_per_s": round(frames / wall, 2), "event_loop_ms_per_s": round(1e3 * ticks / TICKS / wall, 2), "viewer_fps": report["fps"]}
 
@@ -66,17 +58,9 @@ def main() -> None:
     width, height = (int(v) for v in args.size.split("x"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        ["splatcast", "serve", "--port", str(port), "--fps", "60", "--width", str(width), "--height", str(height)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    serve = [sys.executable, "-m", "splatcast.cli", "serve", "--port", str(port), "--fps", "60", "--width", str(width), "--height", str(height)]
+    server = start_server(serve, url, Path(tempfile.gettempdir()) / "splatcast-event-loop-cost-server.log")
     try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{url}/healthz", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
         runs = []
         for rate in (int(r) for r in args.rates.split(",")):
             runs.append(measure(url, server.pid, rate, width, height))
@@ -86,10 +70,8 @@ def main() -> None:
         server.wait()
     slope, intercept = statistics.linear_regression([r["pose_hz"] for r in runs], [r["event_loop_ms_per_s"] for r in runs])
     fps = statistics.fmean(r["frames_per_s"] for r in runs)
-    commit = os.environ.get("SPLATCAST_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     report = {
-        "device": f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores", "date": datetime.date.today().isoformat(),
-        "commit": commit, "size": [width, height], "window_s": WINDOW_S, "runs": runs,
+        **cpu_run(), "size": [width, height], "window_s": WINDOW_S, "runs": runs,
         "event_loop_ms_per_pose": round(slope, 3), "event_loop_ms_per_frame_at_most": round(intercept / fps, 3),
     }
     args.out.write_text(json.dumps(report, indent=1))

@@ -11,15 +11,12 @@ to encode (the content) or not (something else on that host).
 """
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
+from provenance import cpu_run
 from rich.progress import track
 from test_latency_gpu import FRAMES, WARMUP, orbit
 
@@ -82,10 +79,8 @@ def main() -> None:
     poses = orbit(renderer, WIDTH, HEIGHT)
     frames = [renderer.render(parse_pose(pose, limits).views())[0].frame for pose in track(poses, description="rendering the orbit")]
     latency = json.loads(args.latency.read_text()) if args.latency else None
-    commit = os.environ.get("SPLATCAST_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     report = {
-        "device": f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores", "date": datetime.date.today().isoformat(),
-        "commit": commit, "case": CASE, "rounds": FRAMES, "warmup": WARMUP, "by_threads": {},
+        **cpu_run(), "case": CASE, "rounds": FRAMES, "warmup": WARMUP, "by_threads": {},
     }
     for threads in (int(t) for t in args.threads.split(",")):
         rounds = encode_rounds(frames, threads)

@@ -66,6 +66,20 @@ def healthy(url: str) -> bool:
         return False
 
 
+def start_server(command: list[str], url: str, log: Path) -> subprocess.Popen:
+    """Start ``splatcast serve`` (``command``), its output to ``log``; return once ``url`` is healthy."""
+    with log.open("w") as sink:
+        server = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not healthy(url):  # a sharded server's workers too
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            server.wait()
+            raise RuntimeError(f"server did not start:\n{log.read_text()}")
+        time.sleep(0.2)
+    return server
+
+
 COUNTERS = {"sessions": "splatcast_sessions", "frames": "splatcast_frames_total", "skipped": "splatcast_frames_skipped_total"}
 STAGES = ("render", "convert", "encode")
 
@@ -105,16 +119,9 @@ def measure(args: argparse.Namespace, threads: int, profile_to: Path | None) -> 
     serve = [sys.executable, "-m", "splatcast.cli", "serve", "--port", str(port), "--width", "1280", "--height", "720",
              "--max-sessions", str(args.sessions), "--sessions-per-address", str(args.sessions), "--idle-timeout", "60",
              "--encoder-threads", str(threads), "--workers", str(args.workers), "--switch-interval-ms", str(args.switch_interval_ms)]
-    log = args.out / f"server-{args.sessions}-w{args.workers}-t{threads}-s{args.switch_interval_ms:g}.log"
-    with log.open("w") as sink:
-        server = subprocess.Popen(serve, stdout=sink, stderr=subprocess.STDOUT)
+    server = start_server(serve, url, args.out / f"server-{args.sessions}-w{args.workers}-t{threads}-s{args.switch_interval_ms:g}.log")
     viewers: list[subprocess.Popen] = []
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not healthy(url):  # a sharded server's workers too
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start:\n{log.read_text()}")
-            time.sleep(0.2)
         viewers = [subprocess.Popen([sys.executable, "-m", "splatcast.streaming.viewer", url, "--seconds", str(2 * WINDOW_S + 12 + args.sessions / 2)],
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(args.sessions)]
         return measure_window(args, threads, server.pid, url, viewers, profile_to)
