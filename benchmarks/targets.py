@@ -165,7 +165,7 @@ TARGETS = (
     Target(6, "in process, 1080p pose -> encoded, p50", 4.0, " ms", sources(LATENCY_RUNS, in_process("1080p-mono", 0.50))),
     Target(
         6, "in process, 1080p pose -> encoded, p99", 8.0, " ms", sources(LATENCY_RUNS, in_process("1080p-mono", 0.99)),
-        note="over on the H100 host in two stretches of its run that were not costlier frames: something else took the CPUs of an encoder with a slice thread on each (Latency and scale)",
+        note="over on the H100 host in two stretches of its run that were not costlier frames; most likely something else took CPUs from an encoder with a slice thread on each (Latency and scale)",
     ),
     Target(
         6, "loopback 720p60 pose -> decoded, p50", 25.0, " ms",
