@@ -5,6 +5,11 @@ Batching is what lets one GPU serve many sessions: a stereo session adds two vie
 a mono one adds one. Encoding runs on a pool sized to the CPU cores, one frame at a time per
 session; a session whose previous frame is still encoding or unsent skips its slot, so a slow
 session never holds the others back and nothing queues.
+
+The render thread hands its frames to the encoder pool itself, and each encoded frame comes back
+to the event loop: one wake-up of the loop a session-frame, where awaiting the render and the
+encode took two. Each costs the loop about 0.1-0.2 ms of CPU on this project's VMs
+(``benchmarks/render_loop_cost_cpu.py``).
 """
 
 from __future__ import annotations
@@ -14,11 +19,11 @@ import logging
 import random
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..config import usable_cpu_count
 from ..engine.cameras import Views
-from .frames import FrameRenderer
+from .frames import FrameRenderer, RenderedFrame
 from .metrics import StreamMetrics
 from .track import AvatarTrack, FrameJob
 
@@ -67,8 +72,15 @@ class RenderLoop:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        rendering: Future | None = None
         while self._tracks:
             now = time.monotonic()
+            if rendering is not None and not rendering.done() and any(now >= t.next_slot() for t in self._tracks):
+                # The last renders still run (the CPU renderer) while frames are due: wait, so that
+                # those frames take the poses that come meanwhile. A GPU has mostly finished by
+                # the next slot, and the loop is not woken for its renders.
+                await asyncio.wrap_future(rendering)
+                continue
             # Every due track's job is taken now, before any await: a pose arriving during one
             # batch's render must not move a track into a batch of another view size.
             batches: dict[tuple, list[tuple[AvatarTrack, FrameJob]]] = defaultdict(list)
@@ -86,18 +98,21 @@ class RenderLoop:
                 # Stereo sessions first: a batch's shape is then its counts of stereo and mono
                 # sessions, whichever were due, which keeps the renderer's set of captured shapes small.
                 batch.sort(key=lambda item: -len(item[1].views))
-                jobs = [job for _, job in batch]
-                try:
-                    views = Views.concat([job.views for job in jobs])
-                    frames = await loop.run_in_executor(self._render_executor, renderer.render, views, [len(job.views) for job in jobs])
-                except Exception as error:  # a render failure ends these streams, not the server
-                    logger.exception("render failed for %d sessions", len(batch))
-                    for track, _ in batch:
-                        track.fail(error)
-                    continue
-                self.metrics.render.observe(frames[0].render_ms / 1e3)
-                for (track, job), frame in zip(batch, frames):
-                    self._encode(loop, track, job, frame)
+                rendering = self._render_executor.submit(self._render, loop, renderer, batch)
+
+    def _render(self, loop: asyncio.AbstractEventLoop, renderer: FrameRenderer, batch: list[tuple[AvatarTrack, FrameJob]]) -> None:
+        """On the render thread: one batch's render, then its frames to the encoder pool."""
+        try:
+            views = Views.concat([job.views for _, job in batch])
+            frames = renderer.render(views, [len(job.views) for _, job in batch])
+        except Exception as error:  # a render failure ends these streams, not the server
+            logger.exception("render failed for %d sessions", len(batch))
+            for track, _ in batch:
+                _call_soon(loop, track.fail, error)
+            return
+        self.metrics.render.observe(frames[0].render_ms / 1e3)
+        for (track, job), frame in zip(batch, frames):
+            self._encode_pool.submit(self._encode, loop, track, job, frame)
 
     async def _sleep(self, seconds: float) -> None:
         """Nap until the next slot. Poses never bring a slot forward, only ``add`` does (and
@@ -111,19 +126,24 @@ class RenderLoop:
             timer.cancel()
             self._wakeup = None
 
-    def _encode(self, loop: asyncio.AbstractEventLoop, track: AvatarTrack, job: FrameJob, frame) -> None:
-        future = loop.run_in_executor(self._encode_pool, track.encode, job, frame)
+    @staticmethod
+    def _encode(loop: asyncio.AbstractEventLoop, track: AvatarTrack, job: FrameJob, frame: RenderedFrame) -> None:
+        """On an encoder thread: the packets go back to ``track`` on the event loop."""
+        try:
+            packets, timings = track.encode(job, frame)
+        except Exception as error:  # the stream ends, not the server
+            logger.error("encoder failed: %s", error)
+            _call_soon(loop, track.fail, error)
+        else:
+            _call_soon(loop, track.deliver, job, packets, timings)
 
-        def finished(done: asyncio.Future) -> None:
-            if done.cancelled():
-                return
-            if done.exception() is not None:
-                logger.error("encoder failed: %s", done.exception())
-                track.fail(done.exception())
-                return
-            track.deliver(job, *done.result())
 
-        future.add_done_callback(finished)
+def _call_soon(loop: asyncio.AbstractEventLoop, callback, *args) -> None:
+    """``callback(*args)`` on ``loop``, unless it has closed (the server has stopped)."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        pass
 
 
 def _resolve(future: asyncio.Future) -> None:
