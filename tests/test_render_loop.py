@@ -48,25 +48,21 @@ async def test_frames_keep_coming_to_every_track(render_loop):
     assert all(t.frames_sent >= 3 for t in tracks)
 
 
-async def test_a_failed_render_ends_its_streams_and_the_others_stream_on(render_loop):
+@pytest.mark.parametrize(
+    ("renderer_type", "codec", "error"),
+    [
+        (BrokenRenderer, "video/h264", "fell off the bus"),
+        (FrameRenderer, "video/av1", "cannot encode video/av1"),  # negotiated, but splatcast has no encoder for it
+    ],
+    ids=["render", "encoder"],
+)
+async def test_a_failure_ends_its_stream_and_the_others_stream_on(render_loop, renderer_type, codec, error):
     cloud = figure_cloud(300)
-    healthy, broken = new_track(), new_track()
+    healthy, failing = new_track(), new_track(codec)
     render_loop.add(healthy, FrameRenderer(cloud))
-    render_loop.add(broken, BrokenRenderer(cloud))
-    with pytest.raises(MediaStreamError, match="fell off the bus"):
-        await asyncio.wait_for(broken.recv(), TIMEOUT_S)
-    assert broken.readyState == "ended"
-    for _ in range(2):
-        assert (await asyncio.wait_for(healthy.recv(), TIMEOUT_S)).size > 0
-
-
-async def test_a_failed_encoder_ends_its_stream_and_the_others_stream_on(render_loop):
-    cloud = figure_cloud(300)
-    healthy, unencodable = new_track(), new_track(codec="video/av1")  # negotiated, but splatcast has no encoder for it
-    render_loop.add(healthy, FrameRenderer(cloud))
-    render_loop.add(unencodable, FrameRenderer(cloud))
-    with pytest.raises(MediaStreamError, match="cannot encode video/av1"):
-        await asyncio.wait_for(unencodable.recv(), TIMEOUT_S)
-    assert unencodable.readyState == "ended"
+    render_loop.add(failing, renderer_type(cloud))
+    with pytest.raises(MediaStreamError, match=error):
+        await asyncio.wait_for(failing.recv(), TIMEOUT_S)
+    assert failing.readyState == "ended"
     for _ in range(2):
         assert (await asyncio.wait_for(healthy.recv(), TIMEOUT_S)).size > 0
