@@ -14,7 +14,6 @@ fixed work: timers, RTCP).
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,17 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from aiohttp.test_utils import unused_port
 from profile_server_gpu import TICKS, scrape, start_server, thread_ticks
 from provenance import cpu_run
 
 SETTLE_S = 6.0
 WINDOW_S = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def measure(url: str, pid: int, rate: int, width: int, height: int) -> dict:
@@ -56,7 +50,7 @@ def main() -> None:
     parser.add_argument("--size", default="320x240", help="the stream's size (the CPU renderer sets the frame rate)")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
-    port = free_port()
+    port = unused_port()
     url = f"http://127.0.0.1:{port}"
     serve = [sys.executable, "-m", "splatcast.cli", "serve", "--port", str(port), "--fps", "60", "--width", str(width), "--height", str(height)]
     server = start_server(serve, url, Path(tempfile.gettempdir()) / "splatcast-event-loop-cost-server.log")

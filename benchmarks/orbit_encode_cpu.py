@@ -18,7 +18,7 @@ from pathlib import Path
 
 from provenance import cpu_run
 from rich.progress import track
-from test_latency_gpu import FRAMES, WARMUP, orbit
+from test_latency_gpu import FRAMES, WARMUP, orbit, percentiles
 
 from splatcast.config import sample_avatar_path
 from splatcast.engine.formats import load_asset
@@ -40,11 +40,6 @@ def encode_rounds(frames: list, threads: int) -> list[dict]:
         packets = encoder.encode(frame)
         rounds.append({"encode_ms": round(1e3 * (time.perf_counter() - start), 3), "bytes": sum(p.size for p in packets)})
     return rounds[WARMUP:]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
 
 
 def against_run(rounds: list[dict], latency: dict) -> dict:
@@ -85,7 +80,7 @@ def main() -> None:
     for threads in (int(t) for t in args.threads.split(",")):
         rounds = encode_rounds(frames, threads)
         times = [r["encode_ms"] for r in rounds]
-        entry = {"encode_ms": {q: percentile(times, v) for q, v in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}, "rounds": rounds}
+        entry = {"encode_ms": percentiles(times), "rounds": rounds}
         if latency is not None:
             entry["against"] = against_run(rounds, latency)
         report["by_threads"][str(threads)] = entry

@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
-from targets import timed_quantile  # noqa: E402
+from targets import IN_PROCESS_1080P_MS, LOOPBACK_720P_P50_MS, SESSIONS_MIN_FPS, timed_quantile  # noqa: E402
 
 STAGES = {
     "preprocess": ("preprocess_kernel",),
@@ -53,7 +53,7 @@ def plot_sessions(data: dict) -> tuple[plt.Figure, str]:
         ms_ax.plot(n, [r["render_ms_per_tick_mean"] for r in layout], "o--", label=f"{tag}: render per tick, mean")
         ms_ax.plot(n, [r["viewer_latency_ms_p50_median"] for r in layout], "s:", label=f"{tag}: viewer pose->{arrived} p50")
     n = sorted({r["sessions"] for r in rows})
-    fps_ax.axhline(58, color="grey", lw=0.8)
+    fps_ax.axhline(SESSIONS_MIN_FPS, color="grey", lw=0.8)
     fps_ax.set(xscale="log", xlabel="concurrent 720p60 sessions", ylabel="frames per second", title="Delivered frame rate")
     fps_ax.set_xticks(n, [str(v) for v in n])
     fps_ax.legend(fontsize="small")
@@ -65,10 +65,6 @@ def plot_sessions(data: dict) -> tuple[plt.Figure, str]:
 
 
 IN_PROCESS_STAGES = ("render", "convert", "encode")
-IN_PROCESS_TARGETS_MS = {"p50": 4.0, "p99": 8.0}
-"""The issue's targets for 1080p mono, in process."""
-LOOPBACK_TARGET_MS = 25.0
-"""The issue's target for 720p60 mono, pose sent -> frame decoded, p50."""
 
 
 def _case(name: str) -> str:
@@ -94,7 +90,7 @@ def plot_latency(data: dict) -> tuple[plt.Figure, str]:
     for q, marker in ((0.95, "v"), (0.99, "^")):
         totals = [timed_quantile(in_process_runs[c], q) for c in cases]
         process_ax.plot(range(len(cases)), totals, marker, color="black", ls="none", label=f"total p{round(100 * q)}")
-    for q, target in IN_PROCESS_TARGETS_MS.items():
+    for q, target in IN_PROCESS_1080P_MS.items():
         if "1080p-mono" in cases:
             x = cases.index("1080p-mono")
             process_ax.hlines(target, x - 0.4, x + 0.4, colors="black", linestyles="--" if q == "p50" else ":", label=f"target {q} (1080p mono)")
@@ -113,7 +109,7 @@ def plot_latency(data: dict) -> tuple[plt.Figure, str]:
             loop_ax.plot(xs, [r[f"latency_ms_{q}"] if r else float("nan") for r in rows], marker, color="black", ls="none", label=f"{q}" if i == 0 else None)
     if "720p-mono" in views:
         x = views.index("720p-mono")
-        loop_ax.hlines(LOOPBACK_TARGET_MS, x - 0.45, x + 0.45, colors="black", linestyles="--", label="target p50 (720p60 mono)")
+        loop_ax.hlines(LOOPBACK_720P_P50_MS, x - 0.45, x + 0.45, colors="black", linestyles="--", label="target p50 (720p60 mono)")
     loop_ax.set_xticks(range(len(views)), views)
     loop_ax.set(ylabel="ms", title="Loopback WebRTC, 60 fps: pose sent -> decoded")
     loop_ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)

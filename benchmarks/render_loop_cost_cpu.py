@@ -32,7 +32,6 @@ from splatcast.streaming.viewer import pose_message
 SETTLE_S = 2.0
 HANDOFFS = 300
 LIMITS = SizeLimits(64, 48)
-POSES = [pose_message(seq, 10.0 + seq, 64, 48, 2.5, (0.0, 1.0, 0.0)) for seq in range(1, 1001)]
 
 
 class CachedFrameRenderer:
@@ -45,10 +44,12 @@ class CachedFrameRenderer:
 
 
 async def loop_cpu_per_frame(sessions: int, new_poses: bool, seconds: float) -> dict:
+    # Made beforehand, one a frame for the whole run, so that the loop's CPU is the server's alone.
+    poses = [pose_message(seq, 10.0 + seq, 64, 48, 2.5, (0.0, 1.0, 0.0)) for seq in range(1, int(60 * (SETTLE_S + seconds + 1)))]
     render_loop = RenderLoop(StreamMetrics(lambda: []))
     tracks = []
     for _ in range(sessions):
-        track = AvatarTrack(parse_pose(POSES[0], LIMITS).views(), fps=60)
+        track = AvatarTrack(parse_pose(poses[0], LIMITS).views(), fps=60)
         track.codec_mime = "video/h264"
         render_loop.add(track, CachedFrameRenderer())
         tracks.append(track)
@@ -56,11 +57,11 @@ async def loop_cpu_per_frame(sessions: int, new_poses: bool, seconds: float) -> 
 
     async def drain(track: AvatarTrack) -> None:
         nonlocal frames
-        for seq in range(1, 10**9):
+        for message in poses[1:]:
             await track.recv()
             frames += 1
             if new_poses:
-                track.update_pose(parse_pose(POSES[seq % len(POSES)], LIMITS))
+                track.update_pose(parse_pose(message, LIMITS))
 
     drains = [asyncio.create_task(drain(t)) for t in tracks]
     await asyncio.sleep(SETTLE_S)

@@ -22,6 +22,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 README_BEGIN = "<!-- targets: made by benchmarks/targets.py -->"
 README_END = "<!-- targets: end -->"
 DEVICES = ("H100", "H200")
+IN_PROCESS_1080P_MS = {"p50": 4.0, "p99": 8.0}
+"""Issue 6's targets the plots draw too (``plot_results.py``): pose -> encoded in process, 1080p mono ..."""
+LOOPBACK_720P_P50_MS = 25.0
+"""... pose sent -> decoded over loopback WebRTC, 720p60 mono ..."""
+SESSIONS_MIN_FPS = 58.0
+"""... and the frame rate each of 32 sessions delivers."""
 
 
 @dataclass(frozen=True)
@@ -73,15 +79,20 @@ class Target:
         return found
 
 
-def device_and_commit(data: dict) -> tuple[str, str]:
-    """The short GPU name and commit of any of the three result schemas the GPU scripts write."""
-    if "benchmarks" in data:  # pytest-benchmark
+def provenance_of(data: dict) -> dict[str, str | None]:
+    """Device, date and commit of any of the three result schemas the GPU and CPU scripts write
+    (None for a field the file lacks)."""
+    if "benchmarks" in data:  # pytest-benchmark: benchmarks/conftest.py adds the device and commit
         info = data["machine_info"]
-        name, commit = info["device"], info.get("splatcast_commit") or data["commit_info"]["id"]
-    else:  # summarize_rasterizer.py ("machine") and test_engines_gpu.py ("device")
-        name, commit = data.get("machine") or data["device"], data["commit"]
-    device = next((d for d in DEVICES if d in name), name)
-    return device, commit[:7]
+        return {"device": info.get("device"), "date": data.get("datetime"), "commit": info.get("splatcast_commit") or data["commit_info"].get("id")}
+    # summarize_rasterizer.py names the GPU "machine"; test_engines_gpu.py and the CPU scripts "device"
+    return {"device": data.get("device") or data.get("machine"), "date": data.get("date"), "commit": data.get("commit")}
+
+
+def device_and_commit(data: dict) -> tuple[str, str]:
+    """The short GPU name (H100, H200) and the commit of a results file."""
+    found = provenance_of(data)
+    return next((d for d in DEVICES if d in found["device"]), found["device"]), found["commit"][:7]
 
 
 def rasterizer_call(case: str) -> Callable[[dict], list[float]]:
@@ -162,18 +173,18 @@ TARGETS = (
         (Source("recon-h200-torch-engine-3ea5e35.json", benchmark_median("test_end_to_end_torch_engine")),),
         note="most of it the 25 UNet steps (Reconstruction)",
     ),
-    Target(6, "in process, 1080p pose -> encoded, p50", 4.0, " ms", sources(LATENCY_RUNS, in_process("1080p-mono", 0.50))),
+    Target(6, "in process, 1080p pose -> encoded, p50", IN_PROCESS_1080P_MS["p50"], " ms", sources(LATENCY_RUNS, in_process("1080p-mono", 0.50))),
     Target(
-        6, "in process, 1080p pose -> encoded, p99", 8.0, " ms", sources(LATENCY_RUNS, in_process("1080p-mono", 0.99)),
+        6, "in process, 1080p pose -> encoded, p99", IN_PROCESS_1080P_MS["p99"], " ms", sources(LATENCY_RUNS, in_process("1080p-mono", 0.99)),
         note="over on the H100 host in two stretches of its run that were not costlier frames; most likely something else took CPUs from an encoder with a slice thread on each (Latency and scale)",
     ),
     Target(
-        6, "loopback 720p60 pose -> decoded, p50", 25.0, " ms",
+        6, "loopback 720p60 pose -> decoded, p50", LOOPBACK_720P_P50_MS, " ms",
         (Source("latency-h100-97bd199.json", loopback_p50("720p-mono-marker")),),
         note="the viewer releases each frame at its last packet; aiortc's receiver holds it one frame longer (Latency and scale)",
     ),
     Target(
-        6, "32 sessions at 720p60, slowest viewer's fps", 58.0, " fps", sources(SESSION_RUNS, sessions_32("viewer_fps_min")),
+        6, "32 sessions at 720p60, slowest viewer's fps", SESSIONS_MIN_FPS, " fps", sources(SESSION_RUNS, sessions_32("viewer_fps_min")),
         at_least=True, note="8 or 12 workers, viewers on the same 16-core host receiving without decoding (Latency and scale)",
     ),
     Target(

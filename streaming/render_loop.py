@@ -8,7 +8,7 @@ session never holds the others back and nothing queues.
 
 The render thread hands its frames to the encoder pool itself, and each encoded frame comes back
 to the event loop: one wake-up of the loop a session-frame, where awaiting the render and the
-encode took two. Each costs the loop about 0.1-0.2 ms of CPU on this project's VMs
+encode took two. Each costs the loop 0.06-0.18 ms of CPU on this project's VMs
 (``benchmarks/render_loop_cost_cpu.py``).
 """
 

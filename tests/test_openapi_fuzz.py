@@ -1,30 +1,24 @@
 """Schemathesis against the served OpenAPI spec of a real ``splatcast serve``: no 5xx, ever."""
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
+from aiohttp.test_utils import unused_port
 
 from splatcast.engine.formats import save_asset
 
 from .test_streaming import figure_cloud
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def served(tmp_path):
     avatar = tmp_path / "figure.ply"
     save_asset(figure_cloud(300), avatar)
-    port = free_port()
+    port = unused_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "splatcast.cli", "serve", "--avatar", str(avatar), "--port", str(port), "--width", "64", "--height", "48",
          "--store", str(tmp_path / "store"), "--api-key", "fuzz-key"],

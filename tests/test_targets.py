@@ -63,10 +63,5 @@ def test_readme_without_the_markers_is_refused(tmp_path):
 
 @pytest.mark.parametrize("path", sorted(targets.RESULTS.glob("*.json")), ids=lambda p: p.name)
 def test_every_results_file_names_its_device_date_and_commit(path):
-    data = json.loads(path.read_text())
-    if "benchmarks" in data:  # pytest-benchmark: the device and commit from benchmarks/conftest.py or git
-        info = data["machine_info"]
-        found = {"device": info.get("device"), "date": data.get("datetime"), "commit": info.get("splatcast_commit") or data["commit_info"].get("id")}
-    else:
-        found = {"device": data.get("device") or data.get("machine"), "date": data.get("date"), "commit": data.get("commit")}
+    found = targets.provenance_of(json.loads(path.read_text()))
     assert all(found.values()), f"{path.name} does not say its {', '.join(k for k, v in found.items() if not v)}"

@@ -7,14 +7,13 @@ leaves no viewer behind, and the test that kills a worker runs last.
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 
 import aiohttp
 import pytest
 import pytest_asyncio
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestServer, unused_port
 
 from splatcast.engine.formats import save_asset
 from splatcast.streaming.server import SERVER_KEY, ServerConfig, create_app
@@ -152,14 +151,8 @@ async def test_killed_worker_frees_its_sessions_and_is_restarted(sharded):
         await close(viewers)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_sigterm_stops_the_front_and_its_workers(tmp_path):
-    port = free_port()
+    port = unused_port()
     save_asset(figure_cloud(), tmp_path / "figure.ply")
     front = subprocess.Popen(
         [sys.executable, "-m", "splatcast.cli", "serve", "--avatar", str(tmp_path / "figure.ply"), "--port", str(port),

@@ -11,17 +11,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import unused_port
 
 from .debian_packages import ensure_installed
 
 TURN_SERVER = Path("/usr/bin/turnserver")
 REALM = "splatcast.test"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def long_term_user(username: str, password: str) -> list[str]:
@@ -37,7 +32,7 @@ def turn_server(auth: list[str], folder: Path) -> Iterator[str]:
     """coturn with ``auth`` (``long_term_user`` or ``shared_secret``) for the block; yields its
     ``turn:`` URL. Loopback peers are allowed: the browser's relay reaches the server on 127.0.0.1."""
     binary = ensure_installed(TURN_SERVER, "coturn")
-    port = free_port()
+    port = unused_port()
     command = [str(binary), "-n", "--no-cli", "--no-tls", "--no-dtls", "--listening-ip", "127.0.0.1", "--listening-port", str(port),
                "--relay-ip", "127.0.0.1", "--allow-loopback-peers", "--realm", REALM, "--userdb", str(folder / "turndb"), *auth]
     turn = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
