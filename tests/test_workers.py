@@ -100,6 +100,9 @@ async def test_global_session_limit_holds_across_workers(sharded):
         assert (await get_json(f"{url}/healthz"))["sessions"] == MAX_SESSIONS
     finally:
         await close([*viewers, extra])
+    # The workers report the ends over their pipes: the next test starts from an empty count.
+    srv = sharded.app[SERVER_KEY]
+    assert await wait_for(lambda: len(srv.sessions) == 0, 10.0), "the front still counts sessions its workers ended"
 
 
 async def test_worker_errors_are_relayed(sharded):
